@@ -1,0 +1,34 @@
+package mesh
+
+import "errors"
+
+// ErrNotEnoughNodes is returned when too few live members hold, or can take,
+// copies of a block.
+var ErrNotEnoughNodes = errors.New("not enough live nodes")
+
+// State is a member's liveness as the gossip layer sees it.
+type State string
+
+// Member states, as reported by memberlist.
+const (
+	StateAlive   State = "alive"
+	StateSuspect State = "suspect"
+	StateDead    State = "dead"
+	StateLeft    State = "left"
+)
+
+// Member is one data node as every other member and every client sees it.
+// It travels as memberlist node meta (JSON) and in the block API's member
+// listing.
+type Member struct {
+	Name     string `json:"name"`
+	Gossip   string `json:"gossip"`   // host:port of memberlist
+	HTTP     string `json:"http"`     // host:port of the block API
+	NATS     string `json:"nats"`     // host:port of the embedded NATS client listener
+	Zone     string `json:"zone,omitempty"`
+	Capacity int64  `json:"capacity,omitempty"` // bytes the node may store; 0 = unknown
+	State    State  `json:"state"`
+}
+
+// Live reports whether the member should be given and asked for blocks.
+func (m Member) Live() bool { return m.State == StateAlive || m.State == StateSuspect }

@@ -1,0 +1,196 @@
+// Package meta is meshfs's file-system metadata: the tree, attributes,
+// extended attributes and the map from files to blocks, kept in a NATS
+// JetStream key-value bucket.
+//
+// Every operation is atomic: the keys it changes are written as one JetStream
+// atomic batch (the stream's AllowAtomicPublish), each message carrying the
+// revision of the key that the operation read (Nats-Expected-Last-Subject-
+// Sequence), so a concurrent change to any of them rejects the whole batch and
+// the operation is retried from a fresh read. A crash half-way leaves either
+// all of an operation or none of it.
+//
+// Errors that a file system returns to its caller are syscall.Errno values
+// (ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG, ENODATA),
+// possibly wrapped; anything else is a failure of the store itself.
+package meta
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/meshfs/meshfs/persist"
+	"github.com/nats-io/nats.go"
+)
+
+// Ino is an inode number. Inode numbers are never reused.
+type Ino uint64
+
+// RootIno is the root directory's inode, created by the first Open.
+const RootIno Ino = 1
+
+// MaxNameLen is the longest file name, in bytes (ENAMETOOLONG past it).
+const MaxNameLen = 255
+
+// Attr is an inode's attributes.
+type Attr struct {
+	Ino   Ino    `json:"ino"`
+	Mode  uint32 `json:"mode"` // file type bits (syscall.S_IFREG, S_IFDIR, S_IFLNK) | permission bits
+	Uid   uint32 `json:"uid"`
+	Gid   uint32 `json:"gid"`
+	Size  uint64 `json:"size"` // regular file: bytes; symlink: len(Target); dir: 0
+	Nlink uint32 `json:"nlink"`
+	Atime int64  `json:"atime"` // Unix nanoseconds
+	Mtime int64  `json:"mtime"`
+	Ctime int64  `json:"ctime"`
+	// Target is a symlink's target.
+	Target string `json:"target,omitempty"`
+}
+
+// IsDir reports whether the inode is a directory.
+func (a Attr) IsDir() bool { return a.Mode&syscall.S_IFMT == syscall.S_IFDIR }
+
+// DirEntry is one name in a directory.
+type DirEntry struct {
+	Name string `json:"name"`
+	Ino  Ino    `json:"ino"`
+	Mode uint32 `json:"mode"` // file type bits only
+}
+
+// BlockRef says which block holds one block-sized slot of a file. Slot i of a
+// file covers bytes [i*BlockSize, (i+1)*BlockSize). The slot's bytes are the
+// first Len bytes of the block; bytes of the slot past Len (up to the file
+// size) read as zeros, and so does a slot with no BlockRef (a hole).
+type BlockRef struct {
+	ID  persist.BlockID `json:"id"`
+	Len uint32          `json:"len"`
+}
+
+// SetAttrIn carries the attributes to change; nil fields are left alone.
+type SetAttrIn struct {
+	Mode  *uint32 // permission bits only; the type bits are kept
+	Uid   *uint32
+	Gid   *uint32
+	Size  *uint64 // truncate or extend; slots past the new size are dropped and the last slot's Len clamped
+	Atime *int64
+	Mtime *int64
+}
+
+// Options configure a Store.
+type Options struct {
+	// Bucket is the KV bucket's name; default "meshfs_meta".
+	Bucket string
+	// Replicas is the bucket's replica count; default 1.
+	Replicas int
+	// BlockSize is the cluster block size; it defines slot geometry.
+	BlockSize int
+	// OpTimeout bounds each metadata call that has no earlier deadline of
+	// its own; default 5 s.
+	OpTimeout time.Duration
+}
+
+// Store is the metadata of one file system. It is safe for concurrent use by
+// many goroutines, and several Stores (one per mount) may share one bucket.
+type Store struct{}
+
+// Open binds to the bucket, creating it (with AllowAtomicPublish on its
+// stream) and the root directory (mode 0755|S_IFDIR, owned by root) if they
+// do not exist yet.
+func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) { panic("TODO") }
+
+// Close releases the store's resources (not the connection).
+func (s *Store) Close() error { panic("TODO") }
+
+// GetAttr returns the inode's attributes (ENOENT if it does not exist).
+func (s *Store) GetAttr(ctx context.Context, ino Ino) (Attr, error) { panic("TODO") }
+
+// Lookup returns the attributes of the inode that name in parent points at.
+func (s *Store) Lookup(ctx context.Context, parent Ino, name string) (Attr, error) {
+	panic("TODO")
+}
+
+// ReadDir lists parent's entries (without "." and ".."), sorted by name.
+func (s *Store) ReadDir(ctx context.Context, parent Ino) ([]DirEntry, error) { panic("TODO") }
+
+// Create makes a regular file (mode's permission bits | S_IFREG); EEXIST if
+// name is taken.
+func (s *Store) Create(ctx context.Context, parent Ino, name string, mode, uid, gid uint32) (Attr, error) {
+	panic("TODO")
+}
+
+// Mkdir makes a directory; EEXIST if name is taken. The parent's nlink grows by one.
+func (s *Store) Mkdir(ctx context.Context, parent Ino, name string, mode, uid, gid uint32) (Attr, error) {
+	panic("TODO")
+}
+
+// Symlink makes a symbolic link to target (mode 0777|S_IFLNK).
+func (s *Store) Symlink(ctx context.Context, parent Ino, name, target string, uid, gid uint32) (Attr, error) {
+	panic("TODO")
+}
+
+// Link adds the name newName in newParent for the existing non-directory ino
+// (EPERM for a directory), raising its nlink.
+func (s *Store) Link(ctx context.Context, ino, newParent Ino, newName string) (Attr, error) {
+	panic("TODO")
+}
+
+// Unlink removes a non-directory name (EISDIR for a directory) and lowers
+// the inode's nlink. An inode whose nlink reaches 0 keeps its attributes and
+// blocks until Reclaim, so open handles keep working; the returned Attr is
+// the inode after the unlink.
+func (s *Store) Unlink(ctx context.Context, parent Ino, name string) (Attr, error) {
+	panic("TODO")
+}
+
+// Rmdir removes an empty directory (ENOTEMPTY, ENOTDIR).
+func (s *Store) Rmdir(ctx context.Context, parent Ino, name string) error { panic("TODO") }
+
+// Rename moves oldName in oldParent to newName in newParent in one atomic
+// step. An existing target is replaced (a file by a non-directory, an empty
+// directory by a directory; else EISDIR, ENOTDIR or ENOTEMPTY) and the
+// replaced inode is unlinked as by Unlink (returned, with ok true, so the
+// caller can Reclaim it). Moving a directory into its own subtree is EINVAL.
+// flags may hold RENAME_NOREPLACE (EEXIST if the target exists).
+func (s *Store) Rename(ctx context.Context, oldParent Ino, oldName string, newParent Ino, newName string, flags uint32) (replaced Attr, ok bool, err error) {
+	panic("TODO")
+}
+
+// Reclaim deletes an inode whose nlink is 0, with its block map and xattrs.
+// It is a no-op for an inode that still has links or is already gone.
+func (s *Store) Reclaim(ctx context.Context, ino Ino) error { panic("TODO") }
+
+// SetAttr changes attributes and returns the result; ctime is set to now.
+func (s *Store) SetAttr(ctx context.Context, ino Ino, in SetAttrIn) (Attr, error) {
+	panic("TODO")
+}
+
+// Blocks returns the BlockRefs of slots [first, last] of a regular file that
+// are not holes, keyed by slot index.
+func (s *Store) Blocks(ctx context.Context, ino Ino, first, last int64) (map[int64]BlockRef, error) {
+	panic("TODO")
+}
+
+// CommitWrite atomically records new BlockRefs for the given slots and sets
+// the file size to max(current size, minSize), mtime and ctime to mtime. It is
+// the commit of a write: the blocks must already be stored. A slot whose
+// BlockRef has a zero ID becomes a hole.
+func (s *Store) CommitWrite(ctx context.Context, ino Ino, slots map[int64]BlockRef, minSize uint64, mtime int64) (Attr, error) {
+	panic("TODO")
+}
+
+// GetXattr returns the value of an extended attribute (ENODATA if unset).
+func (s *Store) GetXattr(ctx context.Context, ino Ino, name string) ([]byte, error) {
+	panic("TODO")
+}
+
+// ListXattr returns the names of the inode's extended attributes, sorted.
+func (s *Store) ListXattr(ctx context.Context, ino Ino) ([]string, error) { panic("TODO") }
+
+// SetXattr sets an extended attribute. flags may hold XATTR_CREATE (EEXIST if
+// set) or XATTR_REPLACE (ENODATA if unset).
+func (s *Store) SetXattr(ctx context.Context, ino Ino, name string, value []byte, flags uint32) error {
+	panic("TODO")
+}
+
+// RemoveXattr removes an extended attribute (ENODATA if unset).
+func (s *Store) RemoveXattr(ctx context.Context, ino Ino, name string) error { panic("TODO") }
