@@ -22,12 +22,20 @@ const (
 // listing.
 type Member struct {
 	Name     string `json:"name"`
-	Gossip   string `json:"gossip"`   // host:port of memberlist
-	HTTP     string `json:"http"`     // host:port of the block API
-	NATS     string `json:"nats"`     // host:port of the embedded NATS client listener
+	Gossip   string `json:"gossip"` // host:port of memberlist
+	HTTP     string `json:"http"`   // host:port of the block API
+	NATS     string `json:"nats"`   // host:port of the embedded NATS client listener
 	Zone     string `json:"zone,omitempty"`
 	Capacity int64  `json:"capacity,omitempty"` // bytes the node may store; 0 = unknown
-	State    State  `json:"state"`
+	// MetaHome marks the node whose NATS server holds the metadata. Until
+	// the NATS servers cluster, one node (the one the mesh was started on)
+	// is the metadata home and mounts connect to it.
+	MetaHome bool `json:"meta_home,omitempty"`
+	// BlockSize and Replicas are the cluster's settings as this node knows
+	// them; a node joining with a fresh data dir adopts them from its peers.
+	BlockSize int   `json:"block_size,omitempty"`
+	Replicas  int   `json:"replicas,omitempty"`
+	State     State `json:"state"`
 }
 
 // Live reports whether the member should be given and asked for blocks.

@@ -1,0 +1,293 @@
+package mesh
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// MembershipConfig configures a node's gossip membership.
+type MembershipConfig struct {
+	// Self is this node as others should see it (Name and Gossip required).
+	Self Member
+	// Secret is the cluster secret; it keys gossip encryption, so a process
+	// without it cannot join or read the gossip.
+	Secret []byte
+	// Logger receives memberlist's log lines; nil = slog.Default().
+	Logger *slog.Logger
+	// Tune, if set, may adjust memberlist's config before it starts (tests
+	// and WAN-style settings).
+	Tune func(*memberlist.Config)
+}
+
+// Membership is this node's view of the mesh, kept by memberlist gossip.
+// It remembers members that died or left, so callers can tell a dead node
+// from one that never existed.
+type Membership struct {
+	ml  *memberlist.Memberlist
+	log *slog.Logger
+
+	stopOnce sync.Once
+
+	mu      sync.Mutex
+	self    Member
+	members map[string]Member // by name, including dead and left ones
+	subs    []chan struct{}
+}
+
+// NewMembership starts gossip on cfg.Self.Gossip. It does not join anyone:
+// call Join with seed addresses, or nothing for the first node.
+func NewMembership(cfg MembershipConfig) (*Membership, error) {
+	host, portStr, err := net.SplitHostPort(cfg.Self.Gossip)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: %w", cfg.Self.Gossip, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: bad port: %w", cfg.Self.Gossip, err)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	m := &Membership{log: logger, self: cfg.Self, members: map[string]Member{}}
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Self.Name
+	mc.BindAddr = host
+	mc.BindPort = port
+	mc.AdvertiseAddr = host
+	mc.AdvertisePort = port
+	if host == "0.0.0.0" || host == "" || host == "::" {
+		mc.AdvertiseAddr = ""
+		mc.AdvertisePort = port
+	}
+	key := sha256.Sum256(append([]byte("meshfs gossip key\x00"), cfg.Secret...))
+	mc.SecretKey = key[:]
+	mc.Delegate = delegate{m}
+	mc.Events = events{m}
+	mc.Logger = log.New(&slogWriter{log: logger}, "", 0)
+	// Loopback and LAN meshes: notice a dead node within a few seconds.
+	mc.ProbeInterval = 500 * time.Millisecond
+	mc.ProbeTimeout = 250 * time.Millisecond
+	mc.SuspicionMult = 3
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.PushPullInterval = 10 * time.Second
+	if cfg.Tune != nil {
+		cfg.Tune(mc)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Self.Gossip, err)
+	}
+	m.ml = ml
+	if port == 0 {
+		// Port 0 asked for any free port; tell others the real one.
+		local := ml.LocalNode()
+		m.mu.Lock()
+		m.self.Gossip = net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
+		m.mu.Unlock()
+		if err := ml.UpdateNode(5 * time.Second); err != nil {
+			logger.Warn("advertise gossip port", "err", err)
+		}
+	}
+	return m, nil
+}
+
+// Join contacts the seeds (gossip addresses) until one answers, retrying
+// with backoff until ctx ends.
+func (m *Membership) Join(ctx context.Context, seeds []string) error {
+	backoff := 200 * time.Millisecond
+	for {
+		n, err := m.ml.Join(seeds)
+		if n > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join mesh at %s: no member answered: %v", strings.Join(seeds, ","), err)
+		case <-time.After(backoff):
+		}
+		m.log.Info("join: no member answered yet, retrying", "seeds", seeds, "err", err)
+		backoff = min(2*backoff, 3*time.Second)
+	}
+}
+
+// Self returns this node as advertised.
+func (m *Membership) Self() Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.self
+	s.State = StateAlive
+	return s
+}
+
+// UpdateSelf changes what this node advertises (for example the cluster
+// settings once learned) and gossips it.
+func (m *Membership) UpdateSelf(ctx context.Context, change func(*Member)) error {
+	m.mu.Lock()
+	change(&m.self)
+	m.mu.Unlock()
+	timeout := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	if err := m.ml.UpdateNode(timeout); err != nil {
+		return fmt.Errorf("gossip node update: %w", err)
+	}
+	return nil
+}
+
+// Members returns every member known, this node included, sorted by name.
+// Dead and left members stay listed with their state.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.members)+1)
+	self := m.self
+	self.State = StateAlive
+	out = append(out, self)
+	for name, mem := range m.members {
+		if name == self.Name {
+			continue
+		}
+		out = append(out, mem)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Changes returns a channel that receives a value (coalesced) whenever the
+// membership changes. It is closed by Leave.
+func (m *Membership) Changes() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	m.mu.Lock()
+	m.subs = append(m.subs, ch)
+	m.mu.Unlock()
+	return ch
+}
+
+// Leave tells the others this node is going away, then stops gossip.
+// Calling it again, or after Shutdown, does nothing.
+func (m *Membership) Leave(timeout time.Duration) error {
+	var err error
+	m.stopOnce.Do(func() {
+		err = m.ml.Leave(timeout)
+		if serr := m.ml.Shutdown(); err == nil {
+			err = serr
+		}
+		m.closeSubs()
+	})
+	return err
+}
+
+// Shutdown stops gossip without telling anyone, as a crash would: the
+// others declare this node dead after their failure timeout.
+func (m *Membership) Shutdown() error {
+	var err error
+	m.stopOnce.Do(func() {
+		err = m.ml.Shutdown()
+		m.closeSubs()
+	})
+	return err
+}
+
+func (m *Membership) closeSubs() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ch := range m.subs {
+		close(ch)
+	}
+	m.subs = nil
+}
+
+func (m *Membership) record(n *memberlist.Node, state State) {
+	var mem Member
+	if err := json.Unmarshal(n.Meta, &mem); err != nil || mem.Name == "" {
+		mem = Member{Name: n.Name}
+	}
+	mem.Gossip = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	mem.State = state
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n.Name == m.self.Name {
+		return
+	}
+	m.members[n.Name] = mem
+	for _, ch := range m.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// delegate hands memberlist this node's meta. memberlist calls it from its
+// own goroutines; it only reads under the lock and never blocks.
+type delegate struct{ m *Membership }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	self := d.m.Self()
+	b, err := json.Marshal(self)
+	if err != nil || len(b) > limit {
+		d.m.log.Error("node meta does not fit", "bytes", len(b), "limit", limit, "err", err)
+		return nil
+	}
+	return b
+}
+func (delegate) NotifyMsg([]byte)                           {}
+func (delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (delegate) LocalState(join bool) []byte                { return nil }
+func (delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// events turns memberlist's callbacks into member states. memberlist never
+// calls it concurrently.
+type events struct{ m *Membership }
+
+func (e events) NotifyJoin(n *memberlist.Node)   { e.m.record(n, StateAlive) }
+func (e events) NotifyUpdate(n *memberlist.Node) { e.m.record(n, StateAlive) }
+func (e events) NotifyLeave(n *memberlist.Node) {
+	if n.State == memberlist.StateLeft {
+		e.m.record(n, StateLeft)
+		return
+	}
+	e.m.record(n, StateDead)
+}
+
+// slogWriter routes memberlist's standard-library log lines to slog,
+// keeping its [DEBUG]/[INFO]/[WARN]/[ERR] levels.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	sc := bufio.NewScanner(bytes.NewReader(p))
+	for sc.Scan() {
+		line := sc.Text()
+		level := slog.LevelDebug
+		switch {
+		case strings.Contains(line, "[ERR]"):
+			level = slog.LevelError
+		case strings.Contains(line, "[WARN]"):
+			level = slog.LevelWarn
+		case strings.Contains(line, "[INFO]"):
+			level = slog.LevelInfo
+		}
+		w.log.Log(context.Background(), level, "memberlist: "+strings.TrimSpace(line))
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*slogWriter)(nil)

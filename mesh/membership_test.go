@@ -1,0 +1,118 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+func startMember(t *testing.T, name string, secret string) *Membership {
+	t.Helper()
+	m, err := NewMembership(MembershipConfig{
+		Self:   Member{Name: name, Gossip: "127.0.0.1:0", HTTP: "127.0.0.1:1" + name[len(name)-1:]},
+		Secret: []byte(secret),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() { m.Leave(100 * time.Millisecond) })
+	return m
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v", what, within)
+	return 0
+}
+
+func states(m *Membership) map[string]State {
+	out := map[string]State{}
+	for _, mem := range m.Members() {
+		out[mem.Name] = mem.State
+	}
+	return out
+}
+
+func TestMembershipJoinSeenByAllAndDeath(t *testing.T) {
+	a := startMember(t, "n1", "s3cret")
+	b := startMember(t, "n2", "s3cret")
+	c := startMember(t, "n3", "s3cret")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Join(ctx, []string{a.Self().Gossip}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Join(ctx, []string{b.Self().Gossip}); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, "every member sees all three alive", 5*time.Second, func() bool {
+		for _, m := range []*Membership{a, b, c} {
+			s := states(m)
+			if len(s) != 3 || s["n1"] != StateAlive || s["n2"] != StateAlive || s["n3"] != StateAlive {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("all members saw each other after %v", took)
+	// Node meta travels: a sees c's block API address.
+	for _, mem := range a.Members() {
+		if mem.Name == "n3" && mem.HTTP != "127.0.0.1:13" {
+			t.Fatalf("n3's meta as seen by n1: %+v", mem)
+		}
+	}
+	// Shut c down without a leave message: the others must declare it dead.
+	c.Shutdown()
+	took = waitFor(t, "n3 declared dead", 15*time.Second, func() bool {
+		return states(a)["n3"] == StateDead && states(b)["n3"] == StateDead
+	})
+	t.Logf("death detected after %v", took)
+}
+
+func TestMembershipWrongSecretCannotJoin(t *testing.T) {
+	a := startMember(t, "n1", "right")
+	x := startMember(t, "n9", "wrong")
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	err := x.Join(ctx, []string{a.Self().Gossip})
+	if err == nil {
+		t.Fatalf("a node with the wrong secret joined")
+	}
+	if _, ok := states(a)["n9"]; ok {
+		t.Fatalf("n1 lists the intruder: %v", states(a))
+	}
+	t.Logf("refused as expected: %v", err)
+}
+
+func TestMembershipUpdateSelfGossips(t *testing.T) {
+	a := startMember(t, "n1", "s")
+	b := startMember(t, "n2", "s")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Join(ctx, []string{a.Self().Gossip}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.UpdateSelf(ctx, func(m *Member) { m.BlockSize = 1 << 20; m.Zone = "z1" }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n2 sees n1's new meta", 5*time.Second, func() bool {
+		for _, m := range b.Members() {
+			if m.Name == "n1" {
+				return m.BlockSize == 1<<20 && m.Zone == "z1"
+			}
+		}
+		return false
+	})
+	_ = fmt.Sprint
+}
