@@ -11,12 +11,18 @@
 package persist
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Sentinel errors callers branch on. Errors returned by Store wrap them.
@@ -69,33 +75,308 @@ type Options struct {
 
 // Store is the block store of one data dir. It is safe for concurrent use.
 type Store struct {
-	// implementation in this package
+	dir string
+	db  *bolt.DB
+	// blockSize is the limit Put enforces: the size given to Open, or the
+	// recorded one when Open was given 0. Zero means no limit.
+	blockSize int
+
+	// The counts live in memory because recomputing them would walk every
+	// block; they are derived at Open and adjusted after each commit.
+	blocks atomic.Int64
+	bytes  atomic.Int64
 }
 
+// Bucket names and the file name, fixed because they are the on-disk format.
+var (
+	bucketBlocks   = []byte("blocks")
+	bucketIdentity = []byte("identity")
+)
+
+const (
+	dbFileName         = "blocks.db"
+	defaultLockTimeout = time.Second
+	// listBatch bounds how many ids List collects in one read transaction:
+	// a read tx held open across slow callbacks would stop bbolt from
+	// remapping the file as it grows, stalling every writer.
+	listBatch = 1024
+)
+
 // Open opens (creating if needed) the store in dir (the file dir/blocks.db).
-func Open(dir string, opts Options) (*Store, error) { panic("TODO") }
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.BlockSize < 0 {
+		return nil, fmt.Errorf("open data dir %s: negative block size %d", dir, opts.BlockSize)
+	}
+	timeout := opts.LockTimeout
+	if timeout <= 0 {
+		timeout = defaultLockTimeout
+	}
+	// 0700: the dir holds users' file contents.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open data dir %s: %w", dir, err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, dbFileName), 0o600, &bolt.Options{
+		Timeout: timeout,
+		// The map freelist allocates the long page runs of multi-MiB values
+		// in O(1) instead of scanning an array.
+		FreelistType: bolt.FreelistMapType,
+		// Not writing the freelist saves a write per commit that grows with
+		// the file; bbolt rebuilds it by scanning on open, which is cheap next
+		// to a commit of a 4 MiB block.
+		NoFreelistSync: true,
+	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		// The flock is held, almost surely by another meshfs node on the
+		// same dir; say so rather than bbolt's bare "timeout".
+		return nil, fmt.Errorf("open data dir %s: %w", dir, ErrInUse)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open data dir %s: %w", dir, err)
+	}
+	s := &Store{dir: dir, db: db}
+	if err := s.init(opts); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open data dir %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// init creates the buckets, checks or records the dir's identity and counts
+// the stored blocks.
+func (s *Store) init(opts Options) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketBlocks); err != nil {
+			return fmt.Errorf("create bucket %s: %w", bucketBlocks, err)
+		}
+		ib, err := tx.CreateBucketIfNotExists(bucketIdentity)
+		if err != nil {
+			return fmt.Errorf("create bucket %s: %w", bucketIdentity, err)
+		}
+		bs, err := checkIdentity(ib, opts)
+		if err != nil {
+			return err
+		}
+		s.blockSize = bs
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		var n, size int64
+		c := tx.Bucket(bucketBlocks).Cursor()
+		// Only lengths are read, so the walk touches each block's first page
+		// and never its content.
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			n++
+			size += int64(len(v))
+		}
+		s.blocks.Store(n)
+		s.bytes.Store(size)
+		return nil
+	})
+}
 
 // Put stores data under id. It fails with ErrHashMismatch if Sum(data) != id
 // and ErrTooLarge past the block size, and returns only once the block is on
 // disk (concurrent Puts share one commit and fsync). Putting a block that is
 // already present is a cheap no-op.
-func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error { panic("TODO") }
+func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put block %s: %w", id, err)
+	}
+	if s.blockSize > 0 && len(data) > s.blockSize {
+		return fmt.Errorf("put block %s: %d bytes, block size %d: %w", id, len(data), s.blockSize, ErrTooLarge)
+	}
+	if Sum(data) != id {
+		return fmt.Errorf("put block %s: %w", id, ErrHashMismatch)
+	}
+
+	// Replicas re-send blocks often; answering from a read tx skips the
+	// batch delay and the fsync. A stored copy that differs is corrupt (data
+	// was just verified), so it falls through and is rewritten.
+	var same bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v, ok := lookup(tx.Bucket(bucketBlocks), id); ok {
+			same = bytes.Equal(v, data)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("put block %s: %w", id, err)
+	}
+	if same {
+		return nil
+	}
+
+	var addBlocks, addBytes int64
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		// Batch may run this more than once; results only count from the
+		// last run, so start clean.
+		addBlocks, addBytes = 0, 0
+		b := tx.Bucket(bucketBlocks)
+		if old, ok := lookup(b, id); ok {
+			if bytes.Equal(old, data) {
+				return nil // a concurrent Put of the same block won
+			}
+			addBytes = int64(len(data) - len(old))
+		} else {
+			addBlocks, addBytes = 1, int64(len(data))
+		}
+		return b.Put(id[:], data)
+	})
+	if err != nil {
+		return fmt.Errorf("put block %s: %w", id, err)
+	}
+	s.blocks.Add(addBlocks)
+	s.bytes.Add(addBytes)
+	return nil
+}
 
 // Get returns a copy of the block's content, ErrNotFound, or ErrCorrupt when
 // the stored bytes no longer hash to id.
-func (s *Store) Get(ctx context.Context, id BlockID) ([]byte, error) { panic("TODO") }
+func (s *Store) Get(ctx context.Context, id BlockID) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get block %s: %w", id, err)
+	}
+	var data []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v, ok := lookup(tx.Bucket(bucketBlocks), id)
+		if !ok {
+			return ErrNotFound
+		}
+		// v points into the mmap and is only valid inside the tx.
+		data = make([]byte, len(v))
+		copy(data, v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get block %s: %w", id, err)
+	}
+	// Hash outside the tx so a read tx is not held for the hashing time,
+	// which would delay remaps of a growing file.
+	if Sum(data) != id {
+		return nil, fmt.Errorf("get block %s: %w", id, ErrCorrupt)
+	}
+	return data, nil
+}
 
 // Has reports whether the block is stored, and its size.
-func (s *Store) Has(ctx context.Context, id BlockID) (bool, int, error) { panic("TODO") }
+func (s *Store) Has(ctx context.Context, id BlockID) (bool, int, error) {
+	if err := ctx.Err(); err != nil {
+		return false, 0, fmt.Errorf("has block %s: %w", id, err)
+	}
+	var found bool
+	var size int
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v, ok := lookup(tx.Bucket(bucketBlocks), id)
+		found, size = ok, len(v)
+		return nil
+	})
+	if err != nil {
+		return false, 0, fmt.Errorf("has block %s: %w", id, err)
+	}
+	return found, size, nil
+}
 
 // Delete removes the block; deleting a missing block is not an error.
-func (s *Store) Delete(ctx context.Context, id BlockID) error { panic("TODO") }
+func (s *Store) Delete(ctx context.Context, id BlockID) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete block %s: %w", id, err)
+	}
+	var removed, size int64
+	// Batch so that a garbage collector deleting many blocks at once shares
+	// commits the way Puts do.
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		removed, size = 0, 0
+		b := tx.Bucket(bucketBlocks)
+		v, ok := lookup(b, id)
+		if !ok {
+			return nil
+		}
+		removed, size = 1, int64(len(v))
+		return b.Delete(id[:])
+	})
+	if err != nil {
+		return fmt.Errorf("delete block %s: %w", id, err)
+	}
+	s.blocks.Add(-removed)
+	s.bytes.Add(-size)
+	return nil
+}
 
 // List calls fn for every stored block in id order, stopping at fn's first error.
-func (s *Store) List(ctx context.Context, fn func(id BlockID, size int) error) error { panic("TODO") }
+func (s *Store) List(ctx context.Context, fn func(id BlockID, size int) error) error {
+	type entry struct {
+		id   BlockID
+		size int
+	}
+	batch := make([]entry, 0, listBatch)
+	var after []byte // last key handed to fn; nil before the first batch
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("list blocks: %w", err)
+		}
+		batch = batch[:0]
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketBlocks).Cursor()
+			var k, v []byte
+			if after == nil {
+				k, v = c.First()
+			} else {
+				// Seek lands on after itself unless it was deleted meanwhile.
+				k, v = c.Seek(after)
+				if k != nil && bytes.Equal(k, after) {
+					k, v = c.Next()
+				}
+			}
+			for ; k != nil && len(batch) < listBatch; k, v = c.Next() {
+				var e entry
+				if len(k) != len(e.id) {
+					continue // not a block key; Put never writes one
+				}
+				copy(e.id[:], k)
+				e.size = len(v)
+				batch = append(batch, e)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list blocks: %w", err)
+		}
+		for _, e := range batch {
+			if err := fn(e.id, e.size); err != nil {
+				return err
+			}
+		}
+		if len(batch) < listBatch {
+			return nil
+		}
+		last := batch[len(batch)-1].id
+		after = last[:]
+	}
+}
 
 // Stats returns the number of blocks and their total size in bytes.
-func (s *Store) Stats() (blocks int64, bytes int64) { panic("TODO") }
+func (s *Store) Stats() (blocks int64, bytes int64) {
+	return s.blocks.Load(), s.bytes.Load()
+}
 
 // Close closes the bbolt file and releases the lock.
-func (s *Store) Close() error { panic("TODO") }
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close data dir %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+// lookup finds id in b. It goes through a cursor rather than Bucket.Get
+// because Get cannot tell a missing key from an empty value, and the empty
+// block is a legitimate block.
+func lookup(b *bolt.Bucket, id BlockID) ([]byte, bool) {
+	k, v := b.Cursor().Seek(id[:])
+	if k == nil || !bytes.Equal(k, id[:]) {
+		return nil, false
+	}
+	return v, true
+}
