@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,7 +25,7 @@ type MembershipConfig struct {
 	Self Member
 	// Secret is the cluster secret; it keys gossip encryption, so a process
 	// without it cannot join or read the gossip.
-	Secret []byte
+	Secret Secret
 	// Logger receives memberlist's log lines; nil = slog.Default().
 	Logger *slog.Logger
 	// Tune, if set, may adjust memberlist's config before it starts (tests
@@ -76,8 +75,7 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 		mc.AdvertiseAddr = ""
 		mc.AdvertisePort = port
 	}
-	key := sha256.Sum256(append([]byte("meshfs gossip key\x00"), cfg.Secret...))
-	mc.SecretKey = key[:]
+	mc.SecretKey = cfg.Secret.GossipKey()
 	mc.Delegate = delegate{m}
 	mc.Events = events{m}
 	mc.Logger = log.New(&slogWriter{log: logger}, "", 0)

@@ -13,7 +13,7 @@ func startMember(t *testing.T, name string, secret string) *Membership {
 	t.Helper()
 	m, err := NewMembership(MembershipConfig{
 		Self:   Member{Name: name, Gossip: "127.0.0.1:0", HTTP: "127.0.0.1:1" + name[len(name)-1:]},
-		Secret: []byte(secret),
+		Secret: Secret(secret),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

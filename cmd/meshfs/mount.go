@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/meshfs/meshfs/fuse"
+	"github.com/meshfs/meshfs/mesh/blocknet"
+	"github.com/meshfs/meshfs/mesh/meta"
+	"github.com/meshfs/meshfs/mesh/natsd"
+	"github.com/nats-io/nats.go"
+)
+
+func runMount(args []string) error {
+	fs := newFlags("mount", "meshfs mount MOUNTPOINT --join ADDR [flags]")
+	var joins listFlag
+	fs.Var(&joins, "join", "block API address (host:port, a node's --api) of any node; repeatable")
+	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET)")
+	writeBuffer := fs.Int64("write-buffer", 256<<20, "bytes of written data a mount buffers before writes wait for uploads")
+	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	debug := fs.Bool("debug", false, "log every FUSE request")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want exactly one MOUNTPOINT, got %d arguments", len(pos))
+	}
+	if len(joins) == 0 {
+		return usagef("--join ADDR is required: the block API address of any node")
+	}
+	log, err := newLogger(os.Stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	secret, err := loadSecret(*secretFile)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	m, err := mountMesh(ctx, log, mountConfig{
+		Mountpoint: pos[0], Seeds: joins, Secret: secret,
+		WriteBuffer: *writeBuffer, JoinTimeout: *joinTimeout, Debug: *debug,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("meshfs mounted at %s (cluster %s, %d nodes, %d copies of each block); Ctrl-C unmounts\n",
+		pos[0], m.view.Info().ClusterID, len(m.view.Members()), m.view.Info().Replication)
+	<-ctx.Done()
+	return m.Close()
+}
+
+type mountConfig struct {
+	Mountpoint  string
+	Seeds       []string // block API addresses
+	Secret      clusterSecret
+	WriteBuffer int64
+	JoinTimeout time.Duration
+	Debug       bool
+}
+
+// meshMount is a mounted meshfs and everything it holds open.
+type meshMount struct {
+	fs    *fuse.Mount
+	view  *blocknet.ClusterView
+	store *meta.Store
+	nc    *nats.Conn
+}
+
+func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMount, error) {
+	if st, err := os.Stat(cfg.Mountpoint); err != nil {
+		return nil, fmt.Errorf("mount point: %w", err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("mount point %s is not a directory", cfg.Mountpoint)
+	}
+	client := blocknet.NewClient(cfg.Secret.BlockKey(), 60*time.Second)
+	jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+	defer cancel()
+	view, err := blocknet.NewClusterView(jctx, client, cfg.Seeds, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	m := &meshMount{view: view}
+	ok := false
+	defer func() {
+		if !ok {
+			m.Close()
+		}
+	}()
+	info := view.Info()
+	natsURL, err := metaHome(jctx, view)
+	if err != nil {
+		return nil, err
+	}
+	m.nc, err = natsd.Connect(jctx, []string{natsURL}, cfg.Secret.NATSToken(), "meshfs mount "+cfg.Mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	m.store, err = meta.Open(jctx, m.nc, meta.Options{BlockSize: info.BlockSize})
+	if err != nil {
+		return nil, fmt.Errorf("open metadata: %w", err)
+	}
+	m.fs, err = fuse.Mount(cfg.Mountpoint, fuse.Options{
+		Meta:        m.store,
+		Blocks:      blocknet.NewReplicator(client, view.Members, info.Replication),
+		BlockSize:   info.BlockSize,
+		StatFS:      meshStatFS(client, view),
+		WriteBuffer: cfg.WriteBuffer,
+		Debug:       cfg.Debug,
+		Logger:      log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return m, nil
+}
+
+// metaHome finds the NATS server that holds the metadata.
+func metaHome(ctx context.Context, view *blocknet.ClusterView) (string, error) {
+	for {
+		for _, m := range view.Members() {
+			if m.MetaHome && m.Live() {
+				return "nats://" + m.NATS, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("find the metadata server: no live node of the mesh holds it (members: %d)", len(view.Members()))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Close unmounts and releases everything; safe on a half-built mount.
+func (m *meshMount) Close() error {
+	var err error
+	if m.fs != nil {
+		err = m.fs.Unmount()
+	}
+	if m.store != nil {
+		m.store.Close()
+	}
+	if m.nc != nil {
+		m.nc.Close()
+	}
+	if m.view != nil {
+		m.view.Close()
+	}
+	return err
+}
+
+// meshStatFS reports the mesh's usable space: the sum over live nodes
+// divided by the replication factor, since every byte is stored R times.
+// It caches the answer for a few seconds; df in a loop must not flood nodes.
+func meshStatFS(client *blocknet.Client, view *blocknet.ClusterView) func(context.Context) (uint64, uint64, error) {
+	var mu sync.Mutex
+	var at time.Time
+	var total, free uint64
+	return func(ctx context.Context) (uint64, uint64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < 3*time.Second {
+			return total, free, nil
+		}
+		var t, f uint64
+		for _, m := range view.Members() {
+			if !m.Live() {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			st, err := client.Stats(sctx, m.HTTP)
+			cancel()
+			if err != nil {
+				continue
+			}
+			t += st.DiskTotal
+			f += st.DiskFree
+		}
+		r := uint64(max(view.Info().Replication, 1))
+		total, free, at = t/r, f/r, time.Now()
+		return total, free, nil
+	}
+}

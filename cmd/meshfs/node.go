@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/meshfs/meshfs/mesh"
+	"github.com/meshfs/meshfs/mesh/blocknet"
+	"github.com/meshfs/meshfs/mesh/natsd"
+	"github.com/meshfs/meshfs/persist"
+)
+
+const (
+	defaultBlockSize = 4 << 20
+	defaultReplicas  = 3
+)
+
+// nodeState is what a data dir remembers about its node between runs.
+type nodeState struct {
+	Name      string `json:"name"`
+	ClusterID string `json:"cluster_id"`
+	BlockSize int    `json:"block_size"`
+	Replicas  int    `json:"replicas"`
+	MetaHome  bool   `json:"meta_home"`
+}
+
+// nodeAddrs is written to DATA/addr.json once the node serves, so scripts
+// and 'meshfs up' learn the ports a node picked.
+type nodeAddrs struct {
+	Name   string `json:"name"`
+	PID    int    `json:"pid"`
+	Gossip string `json:"gossip"`
+	HTTP   string `json:"http"`
+	NATS   string `json:"nats"`
+}
+
+func runNode(args []string) error {
+	fs := newFlags("node", "meshfs node --data DIR [--join ADDR] [flags]")
+	data := fs.String("data", "", "data directory: blocks, metadata and node state (required)")
+	gossip := fs.String("gossip", "127.0.0.1:7946", "gossip (memberlist) address, host:port; port 0 picks a free one")
+	api := fs.String("api", "127.0.0.1:7947", "block API address for clients and peers, host:port; port 0 picks a free one")
+	natsAddr := fs.String("nats", "127.0.0.1:4222", "embedded NATS server address, host:port; port 0 picks a free one")
+	var joins listFlag
+	fs.Var(&joins, "join", "gossip address of any member to join (repeatable or comma-separated); none starts a new mesh")
+	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
+	name := fs.String("name", "", "node name, unique in the mesh (default: the one recorded in the data dir, else hostname-random)")
+	zone := fs.String("zone", "", "failure zone (rack, site) of this node")
+	capacity := fs.Int64("capacity", 0, "bytes this node may store (0: limited by its disk only)")
+	blockSize := fs.Int("block-size", 0, "block size in bytes of a new cluster (default 4 MiB); a joining node adopts the mesh's")
+	replicas := fs.Int("replicas", 0, "copies of each block in a new cluster (default 3); a joining node adopts the mesh's")
+	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	if *data == "" {
+		return usagef("--data DIR is required")
+	}
+	log, err := newLogger(os.Stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	secret, err := loadSecret(*secretFile)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+
+	if err := os.MkdirAll(*data, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	unlock, err := lockDataDir(*data)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	state, fresh, err := loadNodeState(*data)
+	if err != nil {
+		return err
+	}
+	if !fresh {
+		if state.ClusterID != secret.ClusterID() {
+			return fmt.Errorf("data dir %s belongs to cluster %s, but this secret is of cluster %s: %w", *data, state.ClusterID, secret.ClusterID(), persist.ErrWrongCluster)
+		}
+		if *blockSize != 0 && *blockSize != state.BlockSize {
+			return fmt.Errorf("data dir %s holds blocks of %d bytes, not --block-size %d: %w", *data, state.BlockSize, *blockSize, persist.ErrWrongBlockSize)
+		}
+		if *name != "" && *name != state.Name {
+			return usagef("data dir %s belongs to node %q, not --name %q", *data, state.Name, *name)
+		}
+	} else {
+		state = nodeState{Name: *name, ClusterID: secret.ClusterID()}
+		if state.Name == "" {
+			state.Name = defaultNodeName()
+		}
+	}
+
+	apiLn, err := net.Listen("tcp", *api)
+	if err != nil {
+		return fmt.Errorf("listen for the block API on %s: %w", *api, err)
+	}
+	defer apiLn.Close()
+	natsHost, natsPort, err := splitHostPort(*natsAddr)
+	if err != nil {
+		return usagef("--nats %q: %v", *natsAddr, err)
+	}
+	ns, err := natsd.Start(natsd.Config{
+		Name: state.Name, Dir: filepath.Join(*data, "nats"),
+		Host: natsHost, Port: natsPort, Secret: secret.NATSToken(),
+	})
+	if err != nil {
+		return fmt.Errorf("start metadata server: %w", err)
+	}
+	defer ns.Shutdown()
+
+	self := mesh.Member{
+		Name: state.Name, Gossip: *gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr(),
+		Zone: *zone, Capacity: *capacity,
+		MetaHome: state.MetaHome, BlockSize: state.BlockSize, Replicas: state.Replicas,
+	}
+	members, err := mesh.NewMembership(mesh.MembershipConfig{Self: self, Secret: secret, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer members.Leave(2 * time.Second)
+	if len(joins) > 0 {
+		jctx, cancel := context.WithTimeout(ctx, *joinTimeout)
+		err := members.Join(jctx, joins)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%w (tried for %v; is a node running there, with the same secret?)", err, *joinTimeout)
+		}
+	}
+
+	if fresh {
+		if err := adoptClusterSettings(ctx, log, members, &state, len(joins) > 0, *blockSize, *replicas); err != nil {
+			return err
+		}
+		if err := members.UpdateSelf(ctx, func(m *mesh.Member) {
+			m.BlockSize, m.Replicas, m.MetaHome = state.BlockSize, state.Replicas, state.MetaHome
+		}); err != nil {
+			log.Warn("advertise cluster settings", "err", err)
+		}
+	}
+	store, err := persist.Open(*data, persist.Options{ClusterID: state.ClusterID, BlockSize: state.BlockSize})
+	if err != nil {
+		return fmt.Errorf("open block store: %w", err)
+	}
+	defer store.Close()
+	if fresh {
+		if err := saveNodeState(*data, state); err != nil {
+			return err
+		}
+	}
+
+	srv := &http.Server{
+		Handler: blocknet.NewServer(blocknet.ServerConfig{
+			Store: store, Secret: secret.BlockKey(), DataDir: *data,
+			Cluster: func() blocknet.ClusterInfo {
+				return blocknet.ClusterInfo{
+					ClusterID: state.ClusterID, BlockSize: state.BlockSize,
+					Replication: state.Replicas, Self: state.Name, Members: members.Members(),
+				}
+			},
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(apiLn) }()
+
+	addrs := nodeAddrs{Name: state.Name, PID: os.Getpid(), Gossip: members.Self().Gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr()}
+	if err := writeJSONAtomic(filepath.Join(*data, "addr.json"), addrs); err != nil {
+		return err
+	}
+	blocks, bytes := store.Stats()
+	log.Info("node ready", "name", state.Name, "gossip", addrs.Gossip, "api", addrs.HTTP, "nats", addrs.NATS,
+		"data", *data, "blocks", blocks, "bytes", bytes, "block_size", state.BlockSize, "replicas", state.Replicas, "meta_home", state.MetaHome)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping node", "name", state.Name)
+	case err := <-serveErr:
+		return fmt.Errorf("block API server: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	return nil
+}
+
+// adoptClusterSettings decides a fresh node's block size and replication:
+// a node that joined takes the mesh's (so nobody has to repeat them), a
+// node that starts a mesh takes the flags or the defaults and becomes the
+// metadata home.
+func adoptClusterSettings(ctx context.Context, log *slog.Logger, members *mesh.Membership, state *nodeState, joined bool, blockSize, replicas int) error {
+	if !joined {
+		state.BlockSize, state.Replicas, state.MetaHome = blockSize, replicas, true
+		if state.BlockSize == 0 {
+			state.BlockSize = defaultBlockSize
+		}
+		if state.Replicas == 0 {
+			state.Replicas = defaultReplicas
+		}
+		if state.BlockSize < 4096 || state.BlockSize > 64<<20 {
+			return usagef("--block-size %d: want 4096 to 64 MiB", state.BlockSize)
+		}
+		if state.Replicas < 1 {
+			return usagef("--replicas %d: want at least 1", state.Replicas)
+		}
+		return nil
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, m := range members.Members() {
+			if m.Name == state.Name || m.BlockSize == 0 {
+				continue
+			}
+			if blockSize != 0 && blockSize != m.BlockSize {
+				return fmt.Errorf("--block-size %d, but the mesh uses %d (from %s): %w", blockSize, m.BlockSize, m.Name, persist.ErrWrongBlockSize)
+			}
+			if replicas != 0 && replicas != m.Replicas {
+				return usagef("--replicas %d, but the mesh keeps %d copies (from %s)", replicas, m.Replicas, m.Name)
+			}
+			state.BlockSize, state.Replicas = m.BlockSize, m.Replicas
+			log.Info("adopted cluster settings", "from", m.Name, "block_size", m.BlockSize, "replicas", m.Replicas)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("joined the mesh, but no member told its block size within 10s")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// lockDataDir takes an exclusive lock on DIR/lock, so two nodes never share
+// a data dir; the lock dies with the process, even on SIGKILL.
+func lockDataDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock data dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		who := ""
+		if len(holder) > 0 {
+			who = fmt.Sprintf(" (pid %s)", string(holder))
+		}
+		return nil, fmt.Errorf("data dir %s is in use by another meshfs node%s: %w", dir, who, persist.ErrInUse)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
+	return func() { f.Close() }, nil
+}
+
+func loadNodeState(dir string) (nodeState, bool, error) {
+	var s nodeState
+	b, err := os.ReadFile(filepath.Join(dir, "node.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, true, nil
+	}
+	if err != nil {
+		return s, false, fmt.Errorf("read node state: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, false, fmt.Errorf("read node state %s: %w", filepath.Join(dir, "node.json"), err)
+	}
+	return s, false, nil
+}
+
+func saveNodeState(dir string, s nodeState) error {
+	return writeJSONAtomic(filepath.Join(dir, "node.json"), s)
+}
+
+// writeJSONAtomic writes v to path through a fsync'd temporary file and a
+// rename, so a reader or a crash never sees half a file.
+func writeJSONAtomic(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func defaultNodeName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "node"
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	return host + "-" + hex.EncodeToString(b)
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	return host, port, nil
+}

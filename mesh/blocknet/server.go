@@ -1,0 +1,300 @@
+package blocknet
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/meshfs/meshfs/persist"
+)
+
+const (
+	// maxBlockBody caps a PUT body and a GET answer. The server does not know
+	// the cluster's block size (the store does, and says ErrTooLarge), so
+	// this only keeps a broken or hostile peer from making it buffer an
+	// unbounded body; it is well above any sane block size.
+	maxBlockBody = 64 << 20
+	// listFlushEvery is how many "hexid size" lines go out between flushes,
+	// so a long listing streams instead of sitting in buffers.
+	listFlushEvery = 512
+)
+
+// server is the block API of one node.
+type server struct {
+	cfg ServerConfig
+	now func() time.Time // the clock signatures are checked against
+}
+
+// NewServer returns the block API handler:
+//
+//	PUT    /v1/blocks/{id}  store (body = content; 400 hash mismatch, 413 too large, 507 disk full)
+//	GET    /v1/blocks/{id}  content (404 missing, 409 with the body "corrupt" for a corrupt copy)
+//	HEAD   /v1/blocks/{id}  200 with Content-Length, or 404
+//	DELETE /v1/blocks/{id}  204
+//	GET    /v1/blocks       one "hexid size" line per block, streamed
+//	GET    /v1/cluster      ClusterInfo as JSON
+//	GET    /v1/stats        NodeStats as JSON
+//
+// A listing that fails after it started streaming is cut off without its
+// final chunk, so the client sees a truncated body, never a short list that
+// looks complete.
+func NewServer(cfg ServerConfig) http.Handler {
+	if cfg.Store == nil {
+		// Wiring error: fail at startup, not on the first request.
+		panic("blocknet.NewServer: ServerConfig.Store is nil")
+	}
+	if len(cfg.Secret) == 0 {
+		slog.Warn("block API has an empty cluster secret: anyone who can reach it can sign requests")
+	}
+	s := &server{cfg: cfg, now: time.Now}
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/blocks/{id}", s.putBlock)
+	mux.HandleFunc("GET /v1/blocks/{id}", s.getBlock)
+	mux.HandleFunc("HEAD /v1/blocks/{id}", s.headBlock)
+	mux.HandleFunc("DELETE /v1/blocks/{id}", s.deleteBlock)
+	mux.HandleFunc("GET /v1/blocks", s.listBlocks)
+	mux.HandleFunc("GET /v1/cluster", s.cluster)
+	mux.HandleFunc("GET /v1/stats", s.stats)
+	return s.authenticate(mux)
+}
+
+// authenticate refuses unsigned requests before routing, so that nothing,
+// not even whether a path exists, is revealed without the secret.
+func (s *server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := checkAuth(s.cfg.Secret, r, s.now()); err != nil {
+			s.fail(w, r, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// fail writes a plain-text error. Only 5xx are logged: 4xx are the caller's
+// problem and are reported to the caller.
+func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, msg string, err error) {
+	if code >= 500 {
+		slog.Error("block API request failed",
+			"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
+			"status", code, "err", err)
+	}
+	h := w.Header()
+	h.Del("Content-Length")
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	// No trailing newline: a 409's body is exactly "corrupt".
+	io.WriteString(w, msg)
+}
+
+// blockID parses the {id} path value, answering 400 if it is not one.
+func (s *server) blockID(w http.ResponseWriter, r *http.Request) (persist.BlockID, bool) {
+	id, err := persist.ParseBlockID(r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err.Error(), nil)
+		return id, false
+	}
+	return id, true
+}
+
+// clientGone reports whether a failure is only the caller hanging up, which
+// is not worth a 5xx log line (and nobody would read the answer).
+func clientGone(r *http.Request) bool { return r.Context().Err() != nil }
+
+func (s *server) putBlock(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.blockID(w, r)
+	if !ok {
+		return
+	}
+	if r.ContentLength > maxBlockBody {
+		s.fail(w, r, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("body of %d bytes exceeds the %d-byte limit", r.ContentLength, maxBlockBody), nil)
+		return
+	}
+	data, err := readBody(http.MaxBytesReader(w, r.Body, maxBlockBody), r.ContentLength)
+	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			s.fail(w, r, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("body exceeds the %d-byte limit", maxBlockBody), nil)
+			return
+		}
+		s.fail(w, r, http.StatusBadRequest, "read body: "+err.Error(), nil)
+		return
+	}
+	err = s.cfg.Store.Put(r.Context(), id, data)
+	switch {
+	case err == nil:
+		w.WriteHeader(http.StatusNoContent)
+	case errors.Is(err, persist.ErrHashMismatch):
+		s.fail(w, r, http.StatusBadRequest, err.Error(), nil)
+	case errors.Is(err, persist.ErrTooLarge):
+		s.fail(w, r, http.StatusRequestEntityTooLarge, err.Error(), nil)
+	case errors.Is(err, syscall.ENOSPC):
+		s.fail(w, r, http.StatusInsufficientStorage, "disk full: "+err.Error(), err)
+	case clientGone(r):
+	default:
+		s.fail(w, r, http.StatusInternalServerError, "store block: "+err.Error(), err)
+	}
+}
+
+// readBody reads a body of n bytes (n < 0: unknown) without the repeated
+// growing and copying io.ReadAll does on a multi-MiB block.
+func readBody(body io.Reader, n int64) ([]byte, error) {
+	if n < 0 {
+		return io.ReadAll(body)
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(body, data); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+func (s *server) getBlock(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.blockID(w, r)
+	if !ok {
+		return
+	}
+	data, err := s.cfg.Store.Get(r.Context(), id)
+	switch {
+	case err == nil:
+	case errors.Is(err, persist.ErrNotFound):
+		s.fail(w, r, http.StatusNotFound, "not found", nil)
+		return
+	case errors.Is(err, persist.ErrCorrupt):
+		// The scrubber on this node repairs it; the reader tries another copy.
+		s.fail(w, r, http.StatusConflict, "corrupt", nil)
+		return
+	case clientGone(r):
+		return
+	default:
+		s.fail(w, r, http.StatusInternalServerError, "read block: "+err.Error(), err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(data)
+}
+
+func (s *server) headBlock(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.blockID(w, r)
+	if !ok {
+		return
+	}
+	has, size, err := s.cfg.Store.Has(r.Context(), id)
+	switch {
+	case err != nil && clientGone(r):
+	case err != nil:
+		s.fail(w, r, http.StatusInternalServerError, "look up block: "+err.Error(), err)
+	case !has:
+		w.WriteHeader(http.StatusNotFound)
+	default:
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+func (s *server) deleteBlock(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.blockID(w, r)
+	if !ok {
+		return
+	}
+	if err := s.cfg.Store.Delete(r.Context(), id); err != nil {
+		if !clientGone(r) {
+			s.fail(w, r, http.StatusInternalServerError, "delete block: "+err.Error(), err)
+		}
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	rc := http.NewResponseController(w)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var line []byte
+	n := 0
+	err := s.cfg.Store.List(r.Context(), func(id persist.BlockID, size int) error {
+		line = append(line[:0], id.String()...)
+		line = append(line, ' ')
+		line = strconv.AppendInt(line, int64(size), 10)
+		line = append(line, '\n')
+		if _, err := bw.Write(line); err != nil {
+			return err
+		}
+		n++
+		if n%listFlushEvery == 0 {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil || clientGone(r) {
+		return
+	}
+	if n == 0 {
+		// Nothing sent yet: a proper status still works.
+		s.fail(w, r, http.StatusInternalServerError, "list blocks: "+err.Error(), err)
+		return
+	}
+	// Lines already went out with 200. Aborting drops the connection before
+	// the terminating chunk, so the client reads an unexpected EOF instead
+	// of mistaking a partial list for the whole store.
+	slog.Error("block API listing failed mid-stream; aborting the response",
+		"remote", r.RemoteAddr, "lines", n, "err", err)
+	panic(http.ErrAbortHandler)
+}
+
+func (s *server) cluster(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Cluster == nil {
+		s.fail(w, r, http.StatusServiceUnavailable, "this node has no cluster view", errors.New("ServerConfig.Cluster is nil"))
+		return
+	}
+	s.writeJSON(w, r, s.cfg.Cluster())
+}
+
+func (s *server) stats(w http.ResponseWriter, r *http.Request) {
+	var st NodeStats
+	st.Blocks, st.Bytes = s.cfg.Store.Stats()
+	if s.cfg.DataDir != "" {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(s.cfg.DataDir, &fs); err != nil {
+			err = fmt.Errorf("statfs %s: %w", s.cfg.DataDir, err)
+			s.fail(w, r, http.StatusInternalServerError, err.Error(), err)
+			return
+		}
+		// Bavail, not Bfree: blocks reserved for root are not ours to fill.
+		st.DiskTotal = uint64(fs.Blocks) * uint64(fs.Bsize)
+		st.DiskFree = uint64(fs.Bavail) * uint64(fs.Bsize)
+	}
+	s.writeJSON(w, r, st)
+}
+
+func (s *server) writeJSON(w http.ResponseWriter, r *http.Request, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		err = fmt.Errorf("encode %T: %w", v, err)
+		s.fail(w, r, http.StatusInternalServerError, err.Error(), err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
+}

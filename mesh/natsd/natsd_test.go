@@ -1,0 +1,129 @@
+package natsd
+
+import (
+	"context"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestStartConnectShutdown(t *testing.T) {
+	srv, err := Start(Config{Name: "n1", Dir: t.TempDir(), Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.Addr()
+	if !strings.HasPrefix(srv.ClientURL(), "nats://127.0.0.1:") || !strings.HasSuffix(srv.ClientURL(), addr[strings.LastIndex(addr, ":"):]) {
+		t.Fatalf("ClientURL %q does not match Addr %q", srv.ClientURL(), addr)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := Connect(ctx, []string{srv.ClientURL()}, "s3cret", "test")
+	if err != nil {
+		t.Fatalf("connect with the right secret: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(ctx); err != nil {
+		t.Fatalf("JetStream account info: %v", err)
+	}
+
+	start := time.Now()
+	if bad, err := Connect(ctx, []string{srv.ClientURL()}, "wrong", "test"); err == nil {
+		bad.Close()
+		t.Fatal("connect with a wrong secret succeeded")
+	} else if !strings.Contains(err.Error(), "connect to metadata servers") {
+		t.Fatalf("unclear error: %v", err)
+	} else if time.Since(start) > 3*time.Second {
+		t.Fatalf("a wrong secret took %v to fail; it should fail at once", time.Since(start))
+	}
+	if bad, err := Connect(ctx, []string{srv.ClientURL()}, "", "test"); err == nil {
+		bad.Close()
+		t.Fatal("connect without a secret succeeded")
+	}
+
+	nc.Close()
+	srv.Shutdown()
+
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("%s still accepts connections after Shutdown", addr)
+	}
+	// No goroutine of the server may outlive Shutdown.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "nats-server/v2/server.") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server goroutines left after Shutdown:\n%s", stacks)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestConnectGivesUpWithContext(t *testing.T) {
+	// A port nobody listens on.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + l.Addr().String()
+	l.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	nc, err := Connect(ctx, []string{url}, "x", "test")
+	if err == nil {
+		nc.Close()
+		t.Fatal("connected to nothing")
+	}
+	if !strings.Contains(err.Error(), "connect to metadata servers") || !strings.Contains(err.Error(), url) {
+		t.Fatalf("unclear error: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Connect ran %v past its context", d)
+	}
+}
+
+func TestConnectWaitsForLateServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+
+	dir := t.TempDir()
+	started := make(chan *Server, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		srv, err := Start(Config{Name: "late", Dir: dir, Port: port, Secret: "k"})
+		if err != nil {
+			t.Error(err)
+		}
+		started <- srv
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := Connect(ctx, []string{"nats://127.0.0.1:" + strconv.Itoa(port)}, "k", "test")
+	srv := <-started
+	if srv != nil {
+		defer srv.Shutdown()
+	}
+	if err != nil {
+		t.Fatalf("connect to a server that starts late: %v", err)
+	}
+	nc.Close()
+}
