@@ -284,7 +284,7 @@ func (c *Client) Delete(ctx context.Context, addr string, id persist.BlockID) er
 		return fmt.Errorf("delete block %s on %s: %w", id, addr, err)
 	}
 	defer cl.done()
-	if cl.resp.StatusCode/100 != 2 && cl.resp.StatusCode != http.StatusNotFound {
+	if cl.resp.StatusCode/100 != 2 {
 		return fmt.Errorf("delete block %s on %s: %w", id, addr, newStatusError(cl.resp, false))
 	}
 	return nil

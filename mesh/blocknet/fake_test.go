@@ -24,7 +24,8 @@ type fakeStore struct {
 	blocks  map[persist.BlockID][]byte
 	maxSize int   // > 0: Put refuses larger blocks with ErrTooLarge
 	putErr  error // returned by every Put when set (ENOSPC, I/O errors)
-	// listErrAfter > 0 makes List fail after that many entries.
+	// listFail makes List fail after listErrAfter entries.
+	listFail     bool
 	listErrAfter int
 	puts, gets   int
 }
@@ -86,16 +87,22 @@ func (s *fakeStore) List(ctx context.Context, fn func(id persist.BlockID, size i
 		ids = append(ids, id)
 		sizes[id] = len(b)
 	}
-	failAfter := s.listErrAfter
+	failAfter := -1
+	if s.listFail {
+		failAfter = s.listErrAfter
+	}
 	s.mu.Unlock()
 	slices.SortFunc(ids, func(a, b persist.BlockID) int { return slices.Compare(a[:], b[:]) })
 	for i, id := range ids {
-		if failAfter > 0 && i == failAfter {
+		if i == failAfter {
 			return fmt.Errorf("list: injected failure after %d blocks", i)
 		}
 		if err := fn(id, sizes[id]); err != nil {
 			return err
 		}
+	}
+	if len(ids) == failAfter {
+		return fmt.Errorf("list: injected failure after %d blocks", failAfter)
 	}
 	return nil
 }

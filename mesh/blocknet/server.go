@@ -28,8 +28,9 @@ const (
 
 // server is the block API of one node.
 type server struct {
-	cfg ServerConfig
-	now func() time.Time // the clock signatures are checked against
+	cfg     ServerConfig
+	now     func() time.Time // the clock signatures are checked against
+	maxBody int64            // maxBlockBody; tests lower it
 }
 
 // NewServer returns the block API handler:
@@ -45,7 +46,9 @@ type server struct {
 // A listing that fails after it started streaming is cut off without its
 // final chunk, so the client sees a truncated body, never a short list that
 // looks complete.
-func NewServer(cfg ServerConfig) http.Handler {
+func NewServer(cfg ServerConfig) http.Handler { return newServer(cfg).handler() }
+
+func newServer(cfg ServerConfig) *server {
 	if cfg.Store == nil {
 		// Wiring error: fail at startup, not on the first request.
 		panic("blocknet.NewServer: ServerConfig.Store is nil")
@@ -53,7 +56,10 @@ func NewServer(cfg ServerConfig) http.Handler {
 	if len(cfg.Secret) == 0 {
 		slog.Warn("block API has an empty cluster secret: anyone who can reach it can sign requests")
 	}
-	s := &server{cfg: cfg, now: time.Now}
+	return &server{cfg: cfg, now: time.Now, maxBody: maxBlockBody}
+}
+
+func (s *server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/blocks/{id}", s.putBlock)
 	mux.HandleFunc("GET /v1/blocks/{id}", s.getBlock)
@@ -113,16 +119,16 @@ func (s *server) putBlock(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if r.ContentLength > maxBlockBody {
+	if r.ContentLength > s.maxBody {
 		s.fail(w, r, http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("body of %d bytes exceeds the %d-byte limit", r.ContentLength, maxBlockBody), nil)
+			fmt.Sprintf("body of %d bytes exceeds the %d-byte limit", r.ContentLength, s.maxBody), nil)
 		return
 	}
-	data, err := readBody(http.MaxBytesReader(w, r.Body, maxBlockBody), r.ContentLength)
+	data, err := readBody(http.MaxBytesReader(w, r.Body, s.maxBody), r.ContentLength)
 	if err != nil {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
 			s.fail(w, r, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("body exceeds the %d-byte limit", maxBlockBody), nil)
+				fmt.Sprintf("body exceeds the %d-byte limit", s.maxBody), nil)
 			return
 		}
 		s.fail(w, r, http.StatusBadRequest, "read body: "+err.Error(), nil)
@@ -220,7 +226,8 @@ func (s *server) deleteBlock(w http.ResponseWriter, r *http.Request) {
 func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	rc := http.NewResponseController(w)
-	bw := bufio.NewWriterSize(w, 64<<10)
+	sent := &countingWriter{w: w}
+	bw := bufio.NewWriterSize(sent, 64<<10)
 	var line []byte
 	n := 0
 	err := s.cfg.Store.List(r.Context(), func(id persist.BlockID, size int) error {
@@ -248,8 +255,8 @@ func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {
 	if err == nil || clientGone(r) {
 		return
 	}
-	if n == 0 {
-		// Nothing sent yet: a proper status still works.
+	if sent.n == 0 {
+		// Nothing reached the connection yet: a proper status still works.
 		s.fail(w, r, http.StatusInternalServerError, "list blocks: "+err.Error(), err)
 		return
 	}
@@ -259,6 +266,18 @@ func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {
 	slog.Error("block API listing failed mid-stream; aborting the response",
 		"remote", r.RemoteAddr, "lines", n, "err", err)
 	panic(http.ErrAbortHandler)
+}
+
+// countingWriter tells listBlocks whether any byte reached the response.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (s *server) cluster(w http.ResponseWriter, r *http.Request) {

@@ -54,8 +54,12 @@ func TestPutGetHasDelete(t *testing.T) {
 	if err != nil || string(got) != string(data) {
 		t.Fatalf("Get = %q, %v; want %q", got, err, data)
 	}
+	gets := n.store.getCount()
 	if ok, err := m.client.Has(ctx, n.addr, id); !ok || err != nil {
 		t.Fatalf("Has = %v, %v; want true", ok, err)
+	}
+	if n.store.getCount() != gets {
+		t.Fatal("HEAD read the block: it must only look it up")
 	}
 
 	// HEAD carries the size.
@@ -178,14 +182,18 @@ func TestPutTooLargeForStore(t *testing.T) {
 
 func TestPutBodyCap(t *testing.T) {
 	store := newFakeStore()
-	h := NewServer(ServerConfig{Store: store, Secret: testSecret})
+	s := newServer(ServerConfig{Store: store, Secret: testSecret})
+	// The real cap is 64 MiB; the logic is the same at 1 MiB, and the race
+	// detector makes streaming 64 MiB slow.
+	s.maxBody = 1 << 20
+	h := s.handler()
 	id := persist.Sum([]byte("whatever"))
 	url := "http://node" + blockPath(id)
 
 	// Declared too large: refused before reading.
 	req := signedRequest(t, testSecret, http.MethodPut, url, nil, time.Now())
 	req.Body = io.NopCloser(strings.NewReader(""))
-	req.ContentLength = maxBlockBody + 1
+	req.ContentLength = s.maxBody + 1
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusRequestEntityTooLarge {
@@ -194,15 +202,25 @@ func TestPutBodyCap(t *testing.T) {
 
 	// Unknown length (chunked) that turns out too large: cut off at the cap.
 	req = signedRequest(t, testSecret, http.MethodPut, url, nil, time.Now())
-	req.Body = io.NopCloser(io.LimitReader(zeros{}, maxBlockBody+1))
+	req.Body = io.NopCloser(io.LimitReader(zeros{}, s.maxBody+1))
 	req.ContentLength = -1
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusRequestEntityTooLarge {
-		t.Fatalf("chunked PUT of %d bytes = %d; want 413", maxBlockBody+1, rec.Code)
+		t.Fatalf("chunked PUT of %d bytes = %d; want 413", s.maxBody+1, rec.Code)
 	}
-	if store.puts != 0 {
-		t.Fatalf("store saw %d puts of oversized bodies", store.puts)
+	// Within the cap, a chunked body is fine.
+	data := []byte("whatever")
+	req = signedRequest(t, testSecret, http.MethodPut, url, nil, time.Now())
+	req.Body = io.NopCloser(strings.NewReader(string(data)))
+	req.ContentLength = -1
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusNoContent || !store.has(id) {
+		t.Fatalf("chunked PUT of a small block = %d; want 204 and the block stored", rec.Code)
+	}
+	if store.puts != 1 {
+		t.Fatalf("store saw %d puts; want only the small block's", store.puts)
 	}
 }
 
@@ -394,7 +412,7 @@ func TestListFailsMidStream(t *testing.T) {
 		}
 	}
 	// Failing after a flush: the client must see an error, not a short list.
-	n.store.set(func(s *fakeStore) { s.listErrAfter = listFlushEvery + 3 })
+	n.store.set(func(s *fakeStore) { s.listFail, s.listErrAfter = true, listFlushEvery+3 })
 	seen := 0
 	err := m.client.List(ctx, n.addr, func(persist.BlockID, int) error { seen++; return nil })
 	if err == nil {
@@ -403,17 +421,19 @@ func TestListFailsMidStream(t *testing.T) {
 }
 
 func TestListFailsBeforeStreaming(t *testing.T) {
-	store := newFakeStore()
-	data := []byte("x")
-	store.Put(context.Background(), persist.Sum(data), data)
-	store.listErrAfter = 1 // fails before the first flush
-	srv := httptest.NewServer(NewServer(ServerConfig{Store: store, Secret: testSecret}))
-	defer srv.Close()
-	c := NewClient(testSecret, 5*time.Second)
-	defer c.closeIdle()
-	err := c.List(context.Background(), srv.Listener.Addr().String(), func(persist.BlockID, int) error { return nil })
-	if err == nil {
-		t.Fatal("List of a failing store returned nil")
+	for _, after := range []int{0, 2} { // before the first line, and before the first flush
+		store := newFakeStore()
+		for i := range 3 {
+			data := []byte{byte(i)}
+			store.Put(context.Background(), persist.Sum(data), data)
+		}
+		store.listFail, store.listErrAfter = true, after
+		srv := httptest.NewServer(NewServer(ServerConfig{Store: store, Secret: testSecret}))
+		code, body := do(t, signedRequest(t, testSecret, http.MethodGet, srv.URL+"/v1/blocks", nil, time.Now()))
+		if code != http.StatusInternalServerError || !strings.Contains(body, "injected failure") {
+			t.Errorf("listing failing after %d blocks = %d %q; want 500 with the reason", after, code, body)
+		}
+		srv.Close()
 	}
 }
 
