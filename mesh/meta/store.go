@@ -16,11 +16,15 @@ package meta
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/meshfs/meshfs/persist"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Ino is an inode number. Inode numbers are never reused.
@@ -91,47 +95,164 @@ type Options struct {
 
 // Store is the metadata of one file system. It is safe for concurrent use by
 // many goroutines, and several Stores (one per mount) may share one bucket.
-type Store struct{}
+type Store struct {
+	nc    *nats.Conn
+	kv    jetstream.KeyValue
+	opts  Options
+	alloc allocator
+	locks *inoLocks
+
+	subjPrefix string // "$KV.<bucket>."
+	msgGetSubj string // the stream's message-get API subject (answered by the leader)
+	// attemptTimeout bounds one request, so that a lost one is retried
+	// within the operation's deadline.
+	attemptTimeout time.Duration
+	// maxBatch is the most keys one atomic batch may hold (a variable so
+	// that tests can exercise the multi-batch paths).
+	maxBatch int
+
+	closed atomic.Bool
+}
+
+// Flags of Rename and SetXattr, as in Linux.
+const (
+	renameNoReplace = 1 // RENAME_NOREPLACE
+	xattrCreate     = 1 // XATTR_CREATE
+	xattrReplace    = 2 // XATTR_REPLACE
+)
+
+var errClosed = errors.New("metadata store closed")
+
+// opCtx gives a call the store's OpTimeout unless it has a deadline already.
+func (s *Store) opCtx(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if s.closed.Load() {
+		return nil, nil, errClosed
+	}
+	if _, ok := ctx.Deadline(); ok {
+		ctx, cancel := context.WithCancel(ctx)
+		return ctx, cancel, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	return ctx, cancel, nil
+}
 
 // Open binds to the bucket, creating it (with AllowAtomicPublish on its
 // stream) and the root directory (mode 0755|S_IFDIR, owned by root) if they
 // do not exist yet.
-func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) { panic("TODO") }
+func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
+	return openStore(ctx, nc, opts)
+}
 
 // Close releases the store's resources (not the connection).
-func (s *Store) Close() error { panic("TODO") }
+func (s *Store) Close() error {
+	s.closed.Store(true)
+	return nil
+}
 
 // GetAttr returns the inode's attributes (ENOENT if it does not exist).
-func (s *Store) GetAttr(ctx context.Context, ino Ino) (Attr, error) { panic("TODO") }
+func (s *Store) GetAttr(ctx context.Context, ino Ino) (Attr, error) {
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.getAttr(ctx, ino)
+	if err != nil {
+		return Attr{}, fmt.Errorf("getattr %d: %w", ino, err)
+	}
+	return a, nil
+}
 
 // Lookup returns the attributes of the inode that name in parent points at.
 func (s *Store) Lookup(ctx context.Context, parent Ino, name string) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.lookup(ctx, parent, name)
+	if err != nil {
+		return Attr{}, fmt.Errorf("lookup %q in %d: %w", name, parent, err)
+	}
+	return a, nil
 }
 
 // ReadDir lists parent's entries (without "." and ".."), sorted by name.
-func (s *Store) ReadDir(ctx context.Context, parent Ino) ([]DirEntry, error) { panic("TODO") }
+func (s *Store) ReadDir(ctx context.Context, parent Ino) ([]DirEntry, error) {
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	ents, err := s.readDir(ctx, parent)
+	if err != nil {
+		return nil, fmt.Errorf("readdir %d: %w", parent, err)
+	}
+	return ents, nil
+}
 
 // Create makes a regular file (mode's permission bits | S_IFREG); EEXIST if
 // name is taken.
 func (s *Store) Create(ctx context.Context, parent Ino, name string, mode, uid, gid uint32) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.mknod(ctx, parent, name, inodeRec{Mode: syscall.S_IFREG | mode&0o7777, Uid: uid, Gid: gid, Nlink: 1})
+	if err != nil {
+		return Attr{}, fmt.Errorf("create %q in %d: %w", name, parent, err)
+	}
+	return a, nil
 }
 
 // Mkdir makes a directory; EEXIST if name is taken. The parent's nlink grows by one.
 func (s *Store) Mkdir(ctx context.Context, parent Ino, name string, mode, uid, gid uint32) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.mknod(ctx, parent, name, inodeRec{Mode: syscall.S_IFDIR | mode&0o7777, Uid: uid, Gid: gid, Nlink: 2})
+	if err != nil {
+		return Attr{}, fmt.Errorf("mkdir %q in %d: %w", name, parent, err)
+	}
+	return a, nil
 }
 
 // Symlink makes a symbolic link to target (mode 0777|S_IFLNK).
 func (s *Store) Symlink(ctx context.Context, parent Ino, name, target string, uid, gid uint32) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	if target == "" || len(target) > maxSymlinkLen {
+		return Attr{}, fmt.Errorf("symlink %q in %d: target of %d bytes: %w", name, parent, len(target), errSymlinkTarget(target))
+	}
+	a, err := s.mknod(ctx, parent, name, inodeRec{
+		Mode: syscall.S_IFLNK | 0o777, Uid: uid, Gid: gid, Nlink: 1,
+		Size: uint64(len(target)), Target: []byte(target),
+	})
+	if err != nil {
+		return Attr{}, fmt.Errorf("symlink %q in %d: %w", name, parent, err)
+	}
+	return a, nil
 }
 
 // Link adds the name newName in newParent for the existing non-directory ino
 // (EPERM for a directory), raising its nlink.
 func (s *Store) Link(ctx context.Context, ino, newParent Ino, newName string) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.link(ctx, ino, newParent, newName)
+	if err != nil {
+		return Attr{}, fmt.Errorf("link %d as %q in %d: %w", ino, newName, newParent, err)
+	}
+	return a, nil
 }
 
 // Unlink removes a non-directory name (EISDIR for a directory) and lowers
@@ -139,11 +260,30 @@ func (s *Store) Link(ctx context.Context, ino, newParent Ino, newName string) (A
 // blocks until Reclaim, so open handles keep working; the returned Attr is
 // the inode after the unlink.
 func (s *Store) Unlink(ctx context.Context, parent Ino, name string) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.unlink(ctx, parent, name)
+	if err != nil {
+		return Attr{}, fmt.Errorf("unlink %q in %d: %w", name, parent, err)
+	}
+	return a, nil
 }
 
 // Rmdir removes an empty directory (ENOTEMPTY, ENOTDIR).
-func (s *Store) Rmdir(ctx context.Context, parent Ino, name string) error { panic("TODO") }
+func (s *Store) Rmdir(ctx context.Context, parent Ino, name string) error {
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := s.rmdir(ctx, parent, name); err != nil {
+		return fmt.Errorf("rmdir %q in %d: %w", name, parent, err)
+	}
+	return nil
+}
 
 // Rename moves oldName in oldParent to newName in newParent in one atomic
 // step. An existing target is replaced (a file by a non-directory, an empty
@@ -152,22 +292,59 @@ func (s *Store) Rmdir(ctx context.Context, parent Ino, name string) error { pani
 // caller can Reclaim it). Moving a directory into its own subtree is EINVAL.
 // flags may hold RENAME_NOREPLACE (EEXIST if the target exists).
 func (s *Store) Rename(ctx context.Context, oldParent Ino, oldName string, newParent Ino, newName string, flags uint32) (replaced Attr, ok bool, err error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, false, err
+	}
+	defer cancel()
+	replaced, ok, err = s.rename(ctx, oldParent, oldName, newParent, newName, flags)
+	if err != nil {
+		return Attr{}, false, fmt.Errorf("rename %q in %d to %q in %d: %w", oldName, oldParent, newName, newParent, err)
+	}
+	return replaced, ok, nil
 }
 
 // Reclaim deletes an inode whose nlink is 0, with its block map and xattrs.
 // It is a no-op for an inode that still has links or is already gone.
-func (s *Store) Reclaim(ctx context.Context, ino Ino) error { panic("TODO") }
+func (s *Store) Reclaim(ctx context.Context, ino Ino) error {
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := s.reclaim(ctx, ino); err != nil {
+		return fmt.Errorf("reclaim %d: %w", ino, err)
+	}
+	return nil
+}
 
 // SetAttr changes attributes and returns the result; ctime is set to now.
 func (s *Store) SetAttr(ctx context.Context, ino Ino, in SetAttrIn) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.setAttr(ctx, ino, in)
+	if err != nil {
+		return Attr{}, fmt.Errorf("setattr %d: %w", ino, err)
+	}
+	return a, nil
 }
 
 // Blocks returns the BlockRefs of slots [first, last] of a regular file that
 // are not holes, keyed by slot index.
 func (s *Store) Blocks(ctx context.Context, ino Ino, first, last int64) (map[int64]BlockRef, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	m, err := s.blocks(ctx, ino, first, last)
+	if err != nil {
+		return nil, fmt.Errorf("blocks %d [%d, %d]: %w", ino, first, last, err)
+	}
+	return m, nil
 }
 
 // CommitWrite atomically records new BlockRefs for the given slots and sets
@@ -175,22 +352,69 @@ func (s *Store) Blocks(ctx context.Context, ino Ino, first, last int64) (map[int
 // the commit of a write: the blocks must already be stored. A slot whose
 // BlockRef has a zero ID becomes a hole.
 func (s *Store) CommitWrite(ctx context.Context, ino Ino, slots map[int64]BlockRef, minSize uint64, mtime int64) (Attr, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return Attr{}, err
+	}
+	defer cancel()
+	a, err := s.commitWrite(ctx, ino, slots, minSize, mtime)
+	if err != nil {
+		return Attr{}, fmt.Errorf("commit write of %d slots to %d: %w", len(slots), ino, err)
+	}
+	return a, nil
 }
 
 // GetXattr returns the value of an extended attribute (ENODATA if unset).
 func (s *Store) GetXattr(ctx context.Context, ino Ino, name string) ([]byte, error) {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	v, err := s.getXattr(ctx, ino, name)
+	if err != nil {
+		return nil, fmt.Errorf("getxattr %q of %d: %w", name, ino, err)
+	}
+	return v, nil
 }
 
 // ListXattr returns the names of the inode's extended attributes, sorted.
-func (s *Store) ListXattr(ctx context.Context, ino Ino) ([]string, error) { panic("TODO") }
+func (s *Store) ListXattr(ctx context.Context, ino Ino) ([]string, error) {
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cancel()
+	names, err := s.listXattr(ctx, ino)
+	if err != nil {
+		return nil, fmt.Errorf("listxattr of %d: %w", ino, err)
+	}
+	return names, nil
+}
 
 // SetXattr sets an extended attribute. flags may hold XATTR_CREATE (EEXIST if
 // set) or XATTR_REPLACE (ENODATA if unset).
 func (s *Store) SetXattr(ctx context.Context, ino Ino, name string, value []byte, flags uint32) error {
-	panic("TODO")
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := s.setXattr(ctx, ino, name, value, flags); err != nil {
+		return fmt.Errorf("setxattr %q of %d: %w", name, ino, err)
+	}
+	return nil
 }
 
 // RemoveXattr removes an extended attribute (ENODATA if unset).
-func (s *Store) RemoveXattr(ctx context.Context, ino Ino, name string) error { panic("TODO") }
+func (s *Store) RemoveXattr(ctx context.Context, ino Ino, name string) error {
+	ctx, cancel, err := s.opCtx(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := s.removeXattr(ctx, ino, name); err != nil {
+		return fmt.Errorf("removexattr %q of %d: %w", name, ino, err)
+	}
+	return nil
+}
