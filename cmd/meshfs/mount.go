@@ -68,7 +68,7 @@ type mountConfig struct {
 
 // meshMount is a mounted meshfs and everything it holds open.
 type meshMount struct {
-	fs    *fuse.Mount
+	fs    *fuse.FS
 	view  *blocknet.ClusterView
 	store *meta.Store
 	nc    *nats.Conn
