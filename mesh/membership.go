@@ -85,6 +85,9 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	mc.SuspicionMult = 3
 	mc.GossipInterval = 100 * time.Millisecond
 	mc.PushPullInterval = 10 * time.Second
+	// A restarted node keeps its name but may come back on another port;
+	// without this memberlist refuses the dead name from a new address.
+	mc.DeadNodeReclaimTime = time.Millisecond
 	if cfg.Tune != nil {
 		cfg.Tune(mc)
 	}
@@ -117,12 +120,21 @@ func (m *Membership) Join(ctx context.Context, seeds []string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("join mesh at %s: no member answered: %v", strings.Join(seeds, ","), err)
+			return fmt.Errorf("join mesh at %s: no member answered: %s", strings.Join(seeds, ","), oneLine(err))
 		case <-time.After(backoff):
 		}
-		m.log.Info("join: no member answered yet, retrying", "seeds", seeds, "err", err)
+		m.log.Info("join: no member answered yet, retrying", "seeds", seeds, "err", oneLine(err))
 		backoff = min(2*backoff, 3*time.Second)
 	}
+}
+
+// oneLine flattens memberlist's multi-line errors ("1 error occurred:\n\t* …").
+func oneLine(err error) string {
+	if err == nil {
+		return "no error"
+	}
+	msg := strings.Join(strings.Fields(err.Error()), " ")
+	return strings.TrimPrefix(msg, "1 error occurred: * ")
 }
 
 // Self returns this node as advertised.

@@ -48,7 +48,7 @@ func TestMembershipJoinSeenByAllAndDeath(t *testing.T) {
 	a := startMember(t, "n1", "s3cret")
 	b := startMember(t, "n2", "s3cret")
 	c := startMember(t, "n3", "s3cret")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := b.Join(ctx, []string{a.Self().Gossip}); err != nil {
 		t.Fatal(err)
@@ -78,6 +78,17 @@ func TestMembershipJoinSeenByAllAndDeath(t *testing.T) {
 		return states(a)["n3"] == StateDead && states(b)["n3"] == StateDead
 	})
 	t.Logf("death detected after %v", took)
+
+	// The node restarts under the same name on another port: it must be
+	// taken back, not refused as a name conflict.
+	c2 := startMember(t, "n3", "s3cret")
+	if err := c2.Join(ctx, []string{a.Self().Gossip}); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, "restarted n3 alive again", 10*time.Second, func() bool {
+		return states(a)["n3"] == StateAlive && states(b)["n3"] == StateAlive
+	})
+	t.Logf("restarted node alive again after %v", took)
 }
 
 func TestMembershipWrongSecretCannotJoin(t *testing.T) {

@@ -41,18 +41,19 @@ func runMeshfs(t *testing.T, timeout time.Duration, env []string, args ...string
 	return code, strings.TrimSpace(stderr.String())
 }
 
-// expectFailure checks a command fails with a one-line error containing want.
+// expectFailure checks a command failed and that its error, the last line
+// of stderr (log lines may come before it), is one line naming want.
 func expectFailure(t *testing.T, code int, stderr, want string) {
 	t.Helper()
 	if code == 0 {
 		t.Fatalf("exit status 0, want failure mentioning %q", want)
 	}
-	if !strings.Contains(stderr, want) {
-		t.Fatalf("stderr %q does not mention %q", stderr, want)
+	lines := strings.Split(stderr, "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "meshfs ") || !strings.Contains(last, want) {
+		t.Fatalf("last line of stderr %q is not a meshfs error mentioning %q (stderr: %q)", last, want, stderr)
 	}
-	if lines := strings.Count(stderr, "\n"); lines > 0 {
-		t.Errorf("error is %d lines, want one: %q", lines+1, stderr)
-	}
+	t.Logf("error: %s", last)
 }
 
 // startNode runs a stand-alone node and returns a function that stops it.

@@ -107,10 +107,13 @@ func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, e
 		return persist.BlockID{}, fmt.Errorf("write block %s: %d of %d copies stored: %w", id, stored, want, ctx.Err())
 	case permanent:
 		return persist.BlockID{}, fmt.Errorf("write block %s: %w", id, errors.Join(errs...))
-	case stored >= r.majority() && len(live) < r.r:
-		// Degraded mesh: fewer live nodes than copies, and a majority of
-		// copies held. Repair brings it back to r when nodes return.
-		slog.Debug("block written with fewer copies than wanted",
+	case stored >= r.majority():
+		// Degraded: every live node in placement order was tried and a
+		// majority of copies is held. This covers fewer live nodes than
+		// copies, and a node that died but is not yet declared dead (it
+		// is down for this writer all the same). Repair brings the block
+		// back to r copies.
+		slog.Warn("block written with fewer copies than wanted",
 			"block", id, "copies", stored, "r", r.r, "live", len(live), "errs", errors.Join(errs...))
 		return id, nil
 	default:

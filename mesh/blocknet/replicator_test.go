@@ -93,17 +93,27 @@ func TestReplicatorWriteDegradedPutFails(t *testing.T) {
 	}
 }
 
-// TestReplicatorWriteNotEnoughCopies: gossip says all 5 are alive but only 2
-// answer. 5 live nodes ≥ R, so 2 copies are not enough.
-func TestReplicatorWriteNotEnoughCopies(t *testing.T) {
+// TestReplicatorWriteUnansweredNodes: gossip says all 5 are alive, but
+// dead nodes do not answer. Once every node in order was tried, a majority
+// of copies is a (degraded) success; fewer is ErrNotEnoughNodes.
+func TestReplicatorWriteUnansweredNodes(t *testing.T) {
 	m := newTestMesh(t, 5)
 	r := NewReplicator(m.client, m.Members, 3)
 	for _, n := range []string{"node0", "node2", "node4"} {
 		m.kill(n, false)
 	}
-	_, err := r.Write(context.Background(), randomBlock(t, 1000))
+	data := randomBlock(t, 1000)
+	id, err := r.Write(context.Background(), data)
+	if err != nil {
+		t.Fatalf("Write with 2 of 5 answering: %v; want a degraded success", err)
+	}
+	if got := m.holders(id); len(got) != 2 {
+		t.Fatalf("degraded write stored %d copies (%v), want 2", len(got), got)
+	}
+	m.kill("node1", false)
+	_, err = r.Write(context.Background(), randomBlock(t, 1000))
 	if !errors.Is(err, mesh.ErrNotEnoughNodes) {
-		t.Fatalf("Write with 2 of 5 answering: %v; want ErrNotEnoughNodes", err)
+		t.Fatalf("Write with 1 of 5 answering: %v; want ErrNotEnoughNodes", err)
 	}
 	t.Logf("error: %v", err)
 }
