@@ -91,7 +91,7 @@ type Mesh struct {
 func Up(ctx context.Context, bin, dir string, nodes int, logf Logf, extra ...string) (*Mesh, error) {
 	args := append([]string{"up", dir, "--nodes", fmt.Sprint(nodes)}, extra...)
 	cmd := exec.Command(bin, args...)
-	stderr, err := os.Create(filepath.Join(dir+".up.log"))
+	stderr, err := os.Create(filepath.Join(dir + ".up.log"))
 	if err != nil {
 		return nil, err
 	}
