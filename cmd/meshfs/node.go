@@ -34,6 +34,12 @@ type nodeState struct {
 	BlockSize int    `json:"block_size"`
 	Replicas  int    `json:"replicas"`
 	MetaHome  bool   `json:"meta_home"`
+	// The addresses bound last time. A flag with port 0 reuses them when
+	// they are free, so a restarted node comes back where its peers knew it
+	// and gossip takes it back at once instead of seeing an address conflict.
+	Gossip string `json:"gossip,omitempty"`
+	API    string `json:"api,omitempty"`
+	NATS   string `json:"nats,omitempty"`
 }
 
 // nodeAddrs is written to DATA/addr.json once the node serves, so scripts
@@ -113,30 +119,41 @@ func runNode(args []string) error {
 		}
 	}
 
-	apiLn, err := net.Listen("tcp", *api)
+	var apiLn net.Listener
+	err = withPreferred(*api, state.API, func(addr string) (err error) {
+		apiLn, err = net.Listen("tcp", addr)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("listen for the block API on %s: %w", *api, err)
 	}
 	defer apiLn.Close()
-	natsHost, natsPort, err := splitHostPort(*natsAddr)
-	if err != nil {
-		return usagef("--nats %q: %v", *natsAddr, err)
-	}
-	ns, err := natsd.Start(natsd.Config{
-		Name: state.Name, Dir: filepath.Join(*data, "nats"),
-		Host: natsHost, Port: natsPort, Secret: secret.NATSToken(),
+	var ns *natsd.Server
+	err = withPreferred(*natsAddr, state.NATS, func(addr string) error {
+		host, port, err := splitHostPort(addr)
+		if err != nil {
+			return usagef("--nats %q: %v", addr, err)
+		}
+		ns, err = natsd.Start(natsd.Config{
+			Name: state.Name, Dir: filepath.Join(*data, "nats"),
+			Host: host, Port: port, Secret: secret.NATSToken(),
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("start metadata server: %w", err)
 	}
 	defer ns.Shutdown()
 
-	self := mesh.Member{
-		Name: state.Name, Gossip: *gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr(),
-		Zone: *zone, Capacity: *capacity,
-		MetaHome: state.MetaHome, BlockSize: state.BlockSize, Replicas: state.Replicas,
-	}
-	members, err := mesh.NewMembership(mesh.MembershipConfig{Self: self, Secret: secret, Logger: log})
+	var members *mesh.Membership
+	err = withPreferred(*gossip, state.Gossip, func(addr string) (err error) {
+		members, err = mesh.NewMembership(mesh.MembershipConfig{Secret: secret, Logger: log, Self: mesh.Member{
+			Name: state.Name, Gossip: addr, HTTP: apiLn.Addr().String(), NATS: ns.Addr(),
+			Zone: *zone, Capacity: *capacity,
+			MetaHome: state.MetaHome, BlockSize: state.BlockSize, Replicas: state.Replicas,
+		}})
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -165,10 +182,9 @@ func runNode(args []string) error {
 		return fmt.Errorf("open block store: %w", err)
 	}
 	defer store.Close()
-	if fresh {
-		if err := saveNodeState(*data, state); err != nil {
-			return err
-		}
+	state.Gossip, state.API, state.NATS = members.Self().Gossip, apiLn.Addr().String(), ns.Addr()
+	if err := saveNodeState(*data, state); err != nil {
+		return err
 	}
 
 	srv := &http.Server{
@@ -332,6 +348,20 @@ func defaultNodeName() string {
 	b := make([]byte, 3)
 	rand.Read(b)
 	return host + "-" + hex.EncodeToString(b)
+}
+
+// withPreferred calls bind with the address bound last time when the flag
+// asks for any port (port 0) on the same host, and with the flag's address
+// when there is none or it is taken now.
+func withPreferred(flagAddr, last string, bind func(addr string) error) error {
+	fhost, fport, ferr := splitHostPort(flagAddr)
+	lhost, _, lerr := splitHostPort(last)
+	if ferr == nil && lerr == nil && fport == 0 && fhost == lhost {
+		if err := bind(last); err == nil {
+			return nil
+		}
+	}
+	return bind(flagAddr)
 }
 
 func splitHostPort(addr string) (string, int, error) {

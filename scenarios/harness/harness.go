@@ -18,6 +18,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/meshfs/meshfs/mesh"
+	"github.com/meshfs/meshfs/mesh/blocknet"
 )
 
 // Build compiles ./cmd/meshfs of the module rooted at moduleDir into outDir.
@@ -198,11 +201,52 @@ func (m *Mesh) Restart(ctx context.Context, i int) error {
 		}
 		if b, err := os.ReadFile(addrFile); err == nil && json.Unmarshal(b, &a) == nil && a.PID == cmd.Process.Pid {
 			n.PID, n.Gossip, n.HTTP, n.NATS = a.PID, a.Gossip, a.HTTP, a.NATS
-			return nil
+			return m.waitSeen(ctx, i)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("restart %s: not ready: %w: %s", n.Name, ctx.Err(), tail(n.Log))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Client returns a block API client keyed with the mesh's secret.
+func (m *Mesh) Client() (*blocknet.Client, error) {
+	raw, err := os.ReadFile(m.State.SecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("read secret: %w", err)
+	}
+	return blocknet.NewClient(mesh.Secret(strings.TrimSpace(string(raw))).BlockKey(), 10*time.Second), nil
+}
+
+// waitSeen waits until every other live node lists node i as alive at its
+// current block API address, so clients that ask any of them find it.
+func (m *Mesh) waitSeen(ctx context.Context, i int) error {
+	c, err := m.Client()
+	if err != nil {
+		return err
+	}
+	n := m.State.Nodes[i]
+	for {
+		seen := true
+		for j, o := range m.State.Nodes {
+			if j == i || !alive(o.PID) {
+				continue
+			}
+			info, err := c.Cluster(ctx, o.HTTP)
+			ok := false
+			for _, mem := range info.Members {
+				ok = ok || (err == nil && mem.Name == n.Name && mem.State == mesh.StateAlive && mem.HTTP == n.HTTP)
+			}
+			seen = seen && ok
+		}
+		if seen {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s restarted, but the mesh does not see it at %s: %w", n.Name, n.HTTP, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
