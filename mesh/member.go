@@ -1,6 +1,9 @@
 package mesh
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // ErrNotEnoughNodes is returned when too few live members hold, or can take,
 // copies of a block.
@@ -36,6 +39,9 @@ type Member struct {
 	BlockSize int   `json:"block_size,omitempty"`
 	Replicas  int   `json:"replicas,omitempty"`
 	State     State `json:"state"`
+	// Since is when this process saw State begin (local clock; zero for
+	// this node itself). Repair waits a delay from a death before copying.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Live reports whether the member should be given and asked for blocks.

@@ -237,6 +237,10 @@ func (m *Membership) record(n *memberlist.Node, state State) {
 	if n.Name == m.self.Name {
 		return
 	}
+	mem.Since = time.Now()
+	if old, ok := m.members[n.Name]; ok && old.State == state {
+		mem.Since = old.Since // an update of meta, not a change of state
+	}
 	m.members[n.Name] = mem
 	for _, ch := range m.subs {
 		select {
