@@ -1,0 +1,172 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshfs/meshfs/persist"
+	bolt "go.etcd.io/bbolt"
+)
+
+// goodCopies is another node's copy of every block, as a map.
+type goodCopies struct {
+	mu     sync.Mutex
+	blocks map[persist.BlockID][]byte
+	asked  int
+}
+
+func (g *goodCopies) Fetch(ctx context.Context, id persist.BlockID) ([]byte, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.asked++
+	b, ok := g.blocks[id]
+	if !ok {
+		return nil, fmt.Errorf("fetch %s: %w", id, persist.ErrNotFound)
+	}
+	return append([]byte(nil), b...), nil
+}
+
+// storeWithBlocks opens a store holding n random blocks and returns it
+// with the blocks by id.
+func storeWithBlocks(t *testing.T, dir string, n, size int) (*persist.Store, map[persist.BlockID][]byte) {
+	t.Helper()
+	s, err := persist.Open(dir, persist.Options{ClusterID: "c", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := map[persist.BlockID][]byte{}
+	for i := 0; i < n; i++ {
+		b := make([]byte, size)
+		rand.Read(b)
+		id := persist.Sum(b)
+		if err := s.Put(context.Background(), id, b); err != nil {
+			t.Fatal(err)
+		}
+		blocks[id] = b
+	}
+	return s, blocks
+}
+
+// rot flips one byte of each given block in the bbolt file, as a disk would.
+func rot(t *testing.T, dir string, ids []persist.BlockID) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, "blocks.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("blocks"))
+		for _, id := range ids {
+			v := append([]byte(nil), b.Get(id[:])...)
+			v[len(v)/3] ^= 0x40
+			if err := b.Put(id[:], v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestScrubFindsAndRepairsEveryCorruptBlockInOnePass(t *testing.T) {
+	dir := t.TempDir()
+	s, blocks := storeWithBlocks(t, dir, 60, 32<<10)
+	var rotten []persist.BlockID
+	for id := range blocks {
+		if len(rotten) == 20 {
+			break
+		}
+		rotten = append(rotten, id)
+	}
+	s.Close()
+	rot(t, dir, rotten)
+	s, err := persist.Open(dir, persist.Options{ClusterID: "c", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, id := range rotten {
+		if _, err := s.Get(context.Background(), id); err == nil {
+			t.Fatalf("block %s reads fine after rot: the test rotted nothing", id)
+		}
+	}
+
+	good := &goodCopies{blocks: blocks}
+	sc := NewScrubber(s, good, ScrubConfig{Period: time.Second, MaxRate: 64 << 20, Pause: time.Hour}, quietLog())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- sc.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for sc.Stats().Passes < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	st := sc.Stats()
+	if st.Passes < 1 {
+		t.Fatalf("no full pass within 20s: %+v", st)
+	}
+	if st.Corrupt != 20 || st.Repaired != 20 || st.Checked != 60 {
+		t.Fatalf("one pass: %+v; want 60 checked, 20 corrupt, 20 repaired", st)
+	}
+	for id, want := range blocks {
+		got, err := s.Get(context.Background(), id)
+		if err != nil || string(got) != string(want) {
+			t.Fatalf("block %s after scrub: err %v, equal %v", id, err, string(got) == string(want))
+		}
+	}
+}
+
+func TestScrubChecksReportedBlockAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	s, blocks := storeWithBlocks(t, dir, 5, 1<<20)
+	var bad persist.BlockID
+	for id := range blocks {
+		bad = id
+		break
+	}
+	s.Close()
+	rot(t, dir, []persist.BlockID{bad})
+	s, err := persist.Open(dir, persist.Options{ClusterID: "c", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// A pass at 1 MiB/s would need about 5 s; the reported block must not wait.
+	sc := NewScrubber(s, &goodCopies{blocks: blocks}, ScrubConfig{Period: time.Hour, MaxRate: 1 << 20, MinRate: 1 << 20}, quietLog())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go sc.Run(ctx)
+	sc.Check(bad)
+	deadline := time.Now().Add(2 * time.Second)
+	for sc.Stats().Repaired < 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := sc.Stats(); st.Repaired != 1 {
+		t.Fatalf("reported block not repaired within 2s: %+v", st)
+	}
+	if _, err := s.Get(context.Background(), bad); err != nil {
+		t.Fatalf("reported block still bad: %v", err)
+	}
+}
+
+func TestScrubPacesItself(t *testing.T) {
+	s, _ := storeWithBlocks(t, t.TempDir(), 8, 256<<10) // 2 MiB
+	defer s.Close()
+	sc := NewScrubber(s, &goodCopies{}, ScrubConfig{Period: time.Hour, MaxRate: 1 << 20, MinRate: 1 << 20, Pause: time.Hour}, quietLog())
+	ctx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
+	defer cancel()
+	sc.Run(ctx)
+	// At 1 MiB/s, 0.8 s covers at most about 0.8 MiB: 3 or 4 blocks of 256 KiB.
+	if got := sc.Stats().Checked; got > 5 {
+		t.Fatalf("checked %d blocks in 0.8s at 1 MiB/s (256 KiB each): pacing is off", got)
+	}
+}
