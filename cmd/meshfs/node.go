@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshfs/meshfs/actors"
 	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/mesh/blocknet"
 	"github.com/meshfs/meshfs/mesh/natsd"
@@ -67,6 +68,8 @@ func runNode(args []string) error {
 	blockSize := fs.Int("block-size", 0, "block size in bytes of a new cluster (default 4 MiB); a joining node adopts the mesh's")
 	replicas := fs.Int("replicas", 0, "copies of each block in a new cluster (default 3); a joining node adopts the mesh's")
 	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET)")
+	scrubPeriod := fs.Duration("scrub-period", 24*time.Hour, "how long one full scrub pass (re-read and verify every block) should take")
+	scrubRate := fs.Float64("scrub-max-rate", 50<<20, "bytes/s the scrubber may read at most, so it never starves client I/O")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -203,6 +206,13 @@ func runNode(args []string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(apiLn) }()
 
+	client := blocknet.NewClient(secret.BlockKey(), time.Minute)
+	peers := blocknet.NewReplicator(client, members.Members, state.Replicas)
+	sup := actors.NewSupervisor(ctx, log)
+	defer sup.Close()
+	scrubber := actors.NewScrubber(store, fetcher{peers}, actors.ScrubConfig{Period: *scrubPeriod, MaxRate: *scrubRate}, log.With("actor", "scrub"))
+	sup.Start("scrub", scrubber)
+
 	addrs := nodeAddrs{Name: state.Name, PID: os.Getpid(), Gossip: members.Self().Gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr()}
 	if err := writeJSONAtomic(filepath.Join(*data, "addr.json"), addrs); err != nil {
 		return err
@@ -221,6 +231,14 @@ func runNode(args []string) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	return nil
+}
+
+// fetcher gives the scrubber good copies from the mesh. Replicator.Read
+// skips copies that do not verify, this node's own corrupt one included.
+type fetcher struct{ r *blocknet.Replicator }
+
+func (f fetcher) Fetch(ctx context.Context, id persist.BlockID) ([]byte, error) {
+	return f.r.Read(ctx, id)
 }
 
 // adoptClusterSettings decides a fresh node's block size and replication:
