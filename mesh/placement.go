@@ -1,9 +1,9 @@
 package mesh
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/meshfs/meshfs/persist"
 )
@@ -14,53 +14,222 @@ import (
 // function of the block id and the member names, so every node and client
 // agrees on it without talking, and adding or removing one member of N moves
 // only the blocks that member wins or held: about 1/N of them.
+//
+// The weight function is part of the cluster's on-disk contract: every
+// process must compute the same weights, and changing it moves almost every
+// block. TestWeightGolden pins it.
 type Placement struct{}
 
 // Order returns members sorted from the block's first owner to its last
-// candidate. Callers take the first R live ones as owners and walk further
-// down the list when an owner is down. members is not modified.
+// candidate: by weight, highest first, ties by name. Callers take the first R
+// live ones as owners and walk further down the list when an owner is down.
+// members is not modified.
 func (Placement) Order(id persist.BlockID, members []Member) []Member {
+	// Sort weights with indexes, not Members: no pointers to move, so no
+	// write barriers while sorting.
 	type weighted struct {
 		w uint64
-		m Member
+		i int
 	}
+	k := blockKey(id)
 	ws := make([]weighted, len(members))
-	for i, m := range members {
-		ws[i] = weighted{weight(id, m.Name), m}
+	for i := range members {
+		ws[i] = weighted{weight(k, nameKey(members[i].Name)), i}
 	}
-	sort.Slice(ws, func(i, j int) bool {
-		if ws[i].w != ws[j].w {
-			return ws[i].w > ws[j].w
+	slices.SortFunc(ws, func(a, b weighted) int {
+		switch {
+		case a.w > b.w:
+			return -1
+		case a.w < b.w:
+			return 1
 		}
-		return ws[i].m.Name < ws[j].m.Name
+		return strings.Compare(members[a.i].Name, members[b.i].Name)
 	})
 	out := make([]Member, len(ws))
 	for i, w := range ws {
-		out[i] = w.m
+		out[i] = members[w.i]
 	}
 	return out
 }
 
-// Owners returns the first n members of Order among the live ones.
-func (p Placement) Owners(id persist.BlockID, members []Member, n int) []Member {
-	var out []Member
-	for _, m := range p.Order(id, members) {
-		if len(out) == n {
-			break
-		}
-		if m.Live() {
-			out = append(out, m)
-		}
+// Owners returns the first n members of Order among the live ones (fewer if
+// fewer are live). It selects them in O(len(members)·n) without ranking the
+// rest. members is not modified.
+func (Placement) Owners(id persist.BlockID, members []Member, n int) []Member {
+	var buf [8]int
+	idx := NewTable(members).AppendOwners(buf[:0], id, n)
+	if len(idx) == 0 {
+		return nil
+	}
+	out := make([]Member, len(idx))
+	for i, j := range idx {
+		out[i] = members[j]
 	}
 	return out
 }
 
-// weight mixes the block id and the member name. The block id is already a
-// uniform hash, so hashing it again with the name gives independent weights.
-func weight(id persist.BlockID, name string) uint64 {
-	h := sha256.New()
-	h.Write(id[:])
-	h.Write([]byte(name))
-	var sum [32]byte
-	return binary.BigEndian.Uint64(h.Sum(sum[:0]))
+// Table is a member list prepared for placing many blocks: each member's name
+// is hashed once, so ranking a member for a block costs one 64-bit mix. It
+// refers to members by their index in the slice given to NewTable, and agrees
+// exactly with Placement.Order and Placement.Owners over that slice.
+//
+// A Table is immutable and safe for concurrent use. Build a new one when
+// membership changes; it does not follow later edits to the slice.
+type Table struct {
+	names []string
+	keys  []uint64 // nameKey of each member
+	live  []bool
+	// The live members alone, packed, for AppendOwners' inner loop.
+	liveKeys []uint64
+	liveIdx  []int
+}
+
+// NewTable prepares members for placement. Dead and left members keep their
+// index (so a caller can rank a holder that is down) but are never owners.
+func NewTable(members []Member) *Table {
+	nlive := 0
+	for i := range members {
+		if members[i].Live() {
+			nlive++
+		}
+	}
+	t := &Table{
+		names:    make([]string, len(members)),
+		keys:     make([]uint64, len(members)),
+		live:     make([]bool, len(members)),
+		liveKeys: make([]uint64, 0, nlive),
+		liveIdx:  make([]int, 0, nlive),
+	}
+	for i := range members {
+		m := &members[i]
+		t.names[i] = m.Name
+		t.keys[i] = nameKey(m.Name)
+		t.live[i] = m.Live()
+		if t.live[i] {
+			t.liveKeys = append(t.liveKeys, t.keys[i])
+			t.liveIdx = append(t.liveIdx, i)
+		}
+	}
+	return t
+}
+
+// Len returns the number of members, live or not.
+func (t *Table) Len() int { return len(t.names) }
+
+// Live returns the number of live members.
+func (t *Table) Live() int { return len(t.liveIdx) }
+
+// IsLive reports whether member i is alive or suspect.
+func (t *Table) IsLive(i int) bool { return t.live[i] }
+
+// Name returns member i's name.
+func (t *Table) Name(i int) string { return t.names[i] }
+
+// Weight returns member i's rendezvous weight for block id. Higher ranks
+// first; equal weights (vanishingly rare) are broken by name, see Before.
+func (t *Table) Weight(id persist.BlockID, i int) uint64 {
+	return weight(blockKey(id), t.keys[i])
+}
+
+// Before reports whether member i comes before member j in block id's
+// placement order. Whether a member is live does not matter. Rendezvous
+// hashing ranks every pair independently of the others, which is why a join
+// can be checked against a block's current owners alone.
+func (t *Table) Before(id persist.BlockID, i, j int) bool {
+	k := blockKey(id)
+	return t.before(weight(k, t.keys[i]), i, weight(k, t.keys[j]), j)
+}
+
+func (t *Table) before(wi uint64, i int, wj uint64, j int) bool {
+	return wi > wj || wi == wj && t.names[i] < t.names[j]
+}
+
+// AppendOwners appends to dst the indexes of block id's first n live members
+// in placement order (fewer if fewer are live), first owner first, and
+// returns the extended slice. It costs O(Len·n) and, when dst has room, no
+// allocation for n ≤ 8.
+func (t *Table) AppendOwners(dst []int, id persist.BlockID, n int) []int {
+	n = min(n, len(t.liveIdx))
+	if n <= 0 {
+		return dst
+	}
+	k := blockKey(id)
+	base := len(dst)
+	dst = append(dst, make([]int, n)...)
+	top := dst[base:]
+	// ws[j] is the weight of top[j]; both are kept best first. The first n
+	// live members fill them, then each later one must beat the last.
+	var small [8]uint64
+	ws := small[:]
+	if n > len(small) {
+		ws = make([]uint64, n)
+	}
+	ws = ws[:n]
+	m := 0
+	keys := t.liveKeys
+	for j := 0; j < len(keys); j++ {
+		if m == n {
+			// The common case, once the top n are found: most members
+			// lose to the last place, and a tight loop skips them.
+			if j = skipBelow(k, keys, j, ws[n-1]); j == len(keys) {
+				break
+			}
+		}
+		w, i := weight(k, keys[j]), t.liveIdx[j]
+		if m == n {
+			if !t.before(w, i, ws[n-1], top[n-1]) {
+				continue
+			}
+			m-- // i takes the last place's slot
+		}
+		p := m
+		for p > 0 && t.before(w, i, ws[p-1], top[p-1]) {
+			ws[p], top[p] = ws[p-1], top[p-1]
+			p--
+		}
+		ws[p], top[p] = w, i
+		m++
+	}
+	return dst
+}
+
+// skipBelow returns the first j ≥ from whose weight is at least floor, or
+// len(keys).
+func skipBelow(blockKey uint64, keys []uint64, from int, floor uint64) int {
+	for j := from; j < len(keys); j++ {
+		if weight(blockKey, keys[j]) >= floor {
+			return j
+		}
+	}
+	return len(keys)
+}
+
+// blockKey takes the first 8 bytes of the block id. The id is a SHA-256, so
+// they are already uniform; the rest adds nothing to the placement.
+func blockKey(id persist.BlockID) uint64 { return binary.BigEndian.Uint64(id[:8]) }
+
+// nameKey hashes a member name with 64-bit FNV-1a (no seed: it must agree
+// in every process) and mixes the result, so names that differ in one
+// character get unrelated keys.
+func nameKey(name string) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= prime
+	}
+	return mix64(h)
+}
+
+// weight combines a block key and a name key. Both are uniform, and mix64 is
+// a bijection with full avalanche, so the weights of one block for different
+// members behave as independent uniform draws: what rendezvous hashing needs
+// for each member to win 1/N of the blocks.
+func weight(blockKey, nameKey uint64) uint64 { return mix64(blockKey ^ nameKey) }
+
+// mix64 is the splitmix64 finalizer (Stafford's variant 13).
+func mix64(z uint64) uint64 {
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
 }

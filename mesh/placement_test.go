@@ -3,6 +3,8 @@ package mesh
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/meshfs/meshfs/persist"
@@ -133,9 +135,168 @@ func setDiff(a, b []Member) []string {
 	return out
 }
 
+// TestWeightGolden pins the weight function: every process of a cluster must
+// compute the same weights, and a change would move almost every block.
+func TestWeightGolden(t *testing.T) {
+	for _, tc := range []struct {
+		id   int
+		name string
+		want uint64
+	}{
+		{0, "node1", 0xcbe9e989a14bd554},
+		{1, "node1", 0xaeadc3fdb55c313a},
+		{0, "node2", 0x180af722cb94dd5e},
+		{1, "node2", 0x4bf5ccf4e535172d},
+		{0, "a", 0x187f5a03d9e491a0},
+		{1, "a", 0xf052c8083c1e0aed},
+		{0, "", 0xcf96baef8bfe7e46},
+		{1, "", 0x2d67215c1289d2c3},
+	} {
+		tab := NewTable([]Member{{Name: tc.name, State: StateAlive}})
+		if got := tab.Weight(testID(tc.id), 0); got != tc.want {
+			t.Errorf("weight(testID(%d), %q) = %#x, want %#x", tc.id, tc.name, got, tc.want)
+		}
+	}
+	// nameKey is standard FNV-1a, mixed: an implementation in another
+	// language can reproduce it from the spec.
+	for _, name := range []string{"", "a", "node1", "node-with-a-longer-name.example.org"} {
+		h := fnv.New64a()
+		h.Write([]byte(name))
+		if got, want := nameKey(name), mix64(h.Sum64()); got != want {
+			t.Errorf("nameKey(%q) = %#x, want mix64(fnv1a) = %#x", name, got, want)
+		}
+	}
+}
+
+// TestOwnersAgreeWithOrder checks the top-n selection of Owners and
+// Table.AppendOwners against the full sort of Order, over random live sets,
+// including duplicate names (equal weights, so the tie-break decides).
+func TestOwnersAgreeWithOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	states := []State{StateAlive, StateSuspect, StateDead, StateLeft}
+	for c := 0; c < 2000; c++ {
+		ms := testMembers(1 + rng.IntN(12))
+		for i := range ms {
+			ms[i].State = states[rng.IntN(len(states))]
+			if rng.IntN(10) == 0 {
+				ms[i].Name = ms[rng.IntN(len(ms))].Name
+			}
+		}
+		id := testID(c)
+		n := rng.IntN(len(ms) + 2)
+		var want []string
+		for _, m := range (Placement{}).Order(id, ms) {
+			if m.Live() && len(want) < n {
+				want = append(want, m.Name)
+			}
+		}
+		if got := names(Placement{}.Owners(id, ms, n)); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("case %d: Owners(n=%d) = %v, want first live of Order %v", c, n, got, want)
+		}
+		tab := NewTable(ms)
+		prefix := []int{-1}
+		idx := tab.AppendOwners(prefix, id, n)
+		if idx[0] != -1 {
+			t.Fatalf("case %d: AppendOwners overwrote dst's prefix", c)
+		}
+		var got []string
+		for _, i := range idx[1:] {
+			got = append(got, tab.Name(i))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("case %d: Table.AppendOwners(n=%d) = %v, want %v", c, n, got, want)
+		}
+		// Before agrees with Order for every pair, live or not.
+		order := (Placement{}).Order(id, ms)
+		pos := map[string]int{}
+		for i, m := range order {
+			if _, dup := pos[m.Name]; !dup {
+				pos[m.Name] = i
+			}
+		}
+		for i := range ms {
+			for j := range ms {
+				if ms[i].Name == ms[j].Name {
+					continue
+				}
+				if got, want := tab.Before(id, i, j), pos[ms[i].Name] < pos[ms[j].Name]; got != want {
+					t.Fatalf("case %d: Before(%s, %s) = %v, want %v", c, ms[i].Name, ms[j].Name, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestPlacementBalance checks that the fast weights spread blocks evenly:
+// each member is first owner of 1/N of the blocks and holds R/N of them, and
+// each ordered pair of (first, second) owners is equally likely, which is
+// what makes a dead node's blocks re-replicate from all survivors at once.
+func TestPlacementBalance(t *testing.T) {
+	const ids, n, r = 100_000, 10, 3
+	ms := testMembers(n)
+	tab := NewTable(ms)
+	first := make([]int, n)
+	held := make([]int, n)
+	pairs := map[[2]int]int{}
+	var own []int
+	for i := 0; i < ids; i++ {
+		own = tab.AppendOwners(own[:0], testID(i), r)
+		first[own[0]]++
+		pairs[[2]int{own[0], own[1]}]++
+		for _, o := range own {
+			held[o]++
+		}
+	}
+	within := func(what string, got int, want, tol float64) {
+		if d := float64(got)/want - 1; d > tol || d < -tol {
+			t.Errorf("%s: %d, want %.0f ± %.0f%%", what, got, want, tol*100)
+		}
+	}
+	for i := range ms {
+		within(ms[i].Name+" first owner", first[i], ids/n, 0.05)
+		within(ms[i].Name+" holder", held[i], ids*r/n, 0.05)
+	}
+	if len(pairs) != n*(n-1) {
+		t.Errorf("%d distinct (first, second) owner pairs, want %d", len(pairs), n*(n-1))
+	}
+	for p, c := range pairs {
+		within(fmt.Sprintf("pair %v", p), c, ids/(n*(n-1)), 0.15)
+	}
+}
+
+// Placement benchmarks. The first three compare with the SHA-256 weights
+// they replaced (same bodies, testID's own SHA-256 included, ~0.3µs).
 func BenchmarkPlacementOwners(b *testing.B) {
 	ms := testMembers(100)
 	for i := 0; b.Loop(); i++ {
 		Placement{}.Owners(testID(i), ms, 3)
+	}
+}
+
+func BenchmarkPlacementOrder(b *testing.B) {
+	ms := testMembers(100)
+	for i := 0; b.Loop(); i++ {
+		Placement{}.Order(testID(i), ms)
+	}
+}
+
+func BenchmarkPlacementOwners1000(b *testing.B) {
+	ms := testMembers(1000)
+	for i := 0; b.Loop(); i++ {
+		Placement{}.Owners(testID(i), ms, 3)
+	}
+}
+
+// BenchmarkTableOwners1000 is the planner's hot path: a prepared table of
+// 1,000 members, ids computed beforehand, no allocation.
+func BenchmarkTableOwners1000(b *testing.B) {
+	tab := NewTable(testMembers(1000))
+	ids := make([]persist.BlockID, 1024)
+	for i := range ids {
+		ids[i] = testID(i)
+	}
+	dst := make([]int, 0, 3)
+	for i := 0; b.Loop(); i++ {
+		dst = tab.AppendOwners(dst[:0], ids[i%len(ids)], 3)
 	}
 }
