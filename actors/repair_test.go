@@ -1,0 +1,272 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshfs/meshfs/mesh"
+	"github.com/meshfs/meshfs/persist"
+)
+
+// memStore is one node's block store in memory.
+type memStore struct {
+	mu     sync.Mutex
+	blocks map[persist.BlockID][]byte
+}
+
+func (s *memStore) List(ctx context.Context, fn func(persist.BlockID, int) error) error {
+	s.mu.Lock()
+	ids := make([]persist.BlockID, 0, len(s.blocks))
+	sizes := map[persist.BlockID]int{}
+	for id, b := range s.blocks {
+		ids = append(ids, id)
+		sizes[id] = len(b)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		if err := fn(id, sizes[id]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+func (s *memStore) Get(ctx context.Context, id persist.BlockID) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.blocks[id]
+	if !ok {
+		return nil, persist.ErrNotFound
+	}
+	return b, nil
+}
+func (s *memStore) Delete(ctx context.Context, id persist.BlockID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.blocks, id)
+	return nil
+}
+func (s *memStore) has(id persist.BlockID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.blocks[id]
+	return ok
+}
+
+// memMesh is a mesh of memStores addressed by "addr-<name>"; a dead
+// node's store stays on disk but does not answer.
+type memMesh struct {
+	mu        sync.Mutex
+	stores    map[string]*memStore
+	members   []mesh.Member
+	repairers map[string]*Repairer // one per node, living across rounds as in a node
+}
+
+func (m *memMesh) store(addr string) (*memStore, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, mem := range m.members {
+		if mem.HTTP == addr && mem.Live() {
+			return m.stores[mem.Name], nil
+		}
+	}
+	return nil, fmt.Errorf("%s: connection refused", addr)
+}
+func (m *memMesh) List(ctx context.Context, addr string, fn func(persist.BlockID, int) error) error {
+	s, err := m.store(addr)
+	if err != nil {
+		return err
+	}
+	return s.List(ctx, fn)
+}
+func (m *memMesh) Put(ctx context.Context, addr string, id persist.BlockID, data []byte) error {
+	s, err := m.store(addr)
+	if err != nil {
+		return err
+	}
+	if persist.Sum(data) != id {
+		return persist.ErrHashMismatch
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.blocks[id] = append([]byte(nil), data...)
+	return nil
+}
+func (m *memMesh) Has(ctx context.Context, addr string, id persist.BlockID) (bool, error) {
+	s, err := m.store(addr)
+	if err != nil {
+		return false, err
+	}
+	return s.has(id), nil
+}
+func (m *memMesh) Members() []mesh.Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]mesh.Member(nil), m.members...)
+}
+func (m *memMesh) Changes() <-chan struct{} { return nil }
+
+func (m *memMesh) add(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stores[name] = &memStore{blocks: map[persist.BlockID][]byte{}}
+	m.members = append(m.members, mesh.Member{Name: name, HTTP: "addr-" + name, State: mesh.StateAlive})
+}
+func (m *memMesh) setState(name string, st mesh.State, since time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range m.members {
+		if m.members[i].Name == name {
+			m.members[i].State, m.members[i].Since = st, since
+		}
+	}
+}
+
+// liveCopies counts each block's copies on live nodes.
+func (m *memMesh) liveCopies(ids []persist.BlockID) map[persist.BlockID]int {
+	out := map[persist.BlockID]int{}
+	for _, mem := range m.Members() {
+		if !mem.Live() {
+			continue
+		}
+		for _, id := range ids {
+			if m.stores[mem.Name].has(id) {
+				out[id]++
+			}
+		}
+	}
+	return out
+}
+
+// round runs one repair round on every live node, in turn, checking after
+// each that no block went below min(r, its copies before the round).
+func (m *memMesh) round(t *testing.T, r int, delay time.Duration, ids []persist.BlockID) {
+	t.Helper()
+	for _, mem := range m.Members() {
+		if !mem.Live() {
+			continue
+		}
+		before := m.liveCopies(ids)
+		rep := m.repairers[mem.Name]
+		if rep == nil {
+			rep = NewRepairer(m.stores[mem.Name], m, m, RepairConfig{Self: mem.Name, Replicas: r, RepairDelay: delay, Rate: 1 << 40}, quietLog())
+			m.repairers[mem.Name] = rep
+		}
+		if _, err := rep.Round(context.Background()); err != nil {
+			t.Fatalf("round on %s: %v", mem.Name, err)
+		}
+		after := m.liveCopies(ids)
+		for _, id := range ids {
+			if after[id] < min(before[id], r) {
+				t.Fatalf("round on %s took block %s from %d to %d live copies", mem.Name, id, before[id], after[id])
+			}
+		}
+	}
+}
+
+func newMemMesh(t *testing.T, nodes, blocks, r int) (*memMesh, []persist.BlockID) {
+	m := &memMesh{stores: map[string]*memStore{}, repairers: map[string]*Repairer{}}
+	for i := 1; i <= nodes; i++ {
+		m.add(fmt.Sprintf("n%d", i))
+	}
+	var ids []persist.BlockID
+	for i := 0; i < blocks; i++ {
+		b := make([]byte, 100)
+		rand.Read(b)
+		id := persist.Sum(b)
+		ids = append(ids, id)
+		for _, o := range (mesh.Placement{}).Owners(id, m.members, r) {
+			m.stores[o.Name].blocks[id] = b
+		}
+	}
+	return m, ids
+}
+
+// checkOnOwners asserts every block is held by exactly its r owners.
+func (m *memMesh) checkOnOwners(t *testing.T, r int, ids []persist.BlockID) {
+	t.Helper()
+	members := m.Members()
+	for _, id := range ids {
+		var want, got []string
+		for _, o := range (mesh.Placement{}).Owners(id, members, r) {
+			want = append(want, o.Name)
+		}
+		for _, mem := range members {
+			if mem.Live() && m.stores[mem.Name].has(id) {
+				got = append(got, mem.Name)
+			}
+		}
+		sort.Strings(want)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("block %s on %v, want its owners %v", id, got, want)
+		}
+	}
+}
+
+func TestRepairHealsDeathAndRebalancesJoin(t *testing.T) {
+	const r = 3
+	m, ids := newMemMesh(t, 5, 300, r)
+	m.round(t, r, time.Hour, ids) // a quiet mesh: every node learns the others' inventories
+	m.checkOnOwners(t, r, ids)
+
+	// A death within the repair delay: nothing is copied yet.
+	m.setState("n2", mesh.StateDead, time.Now())
+	m.round(t, r, time.Hour, ids)
+	copies := m.liveCopies(ids)
+	moved := 0
+	for _, id := range ids {
+		if copies[id] > r {
+			t.Fatalf("block %s has %d copies", id, copies[id])
+		}
+		if copies[id] == r-1 {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("n2 held no blocks: the test tests nothing")
+	}
+	t.Logf("%d blocks waiting for n2 within the repair delay", moved)
+
+	// Past the delay: every block is back on its 3 (new) owners.
+	m.setState("n2", mesh.StateDead, time.Now().Add(-2*time.Hour))
+	m.round(t, r, time.Hour, ids)
+	m.round(t, r, time.Hour, ids)
+	m.checkOnOwners(t, r, ids)
+
+	// A new node joins: it receives its share, and surplus copies go only
+	// after it holds them (checked by round after every node's step).
+	m.add("n6")
+	for i := 0; i < 3; i++ {
+		m.round(t, r, time.Hour, ids)
+	}
+	m.checkOnOwners(t, r, ids)
+	share := 0
+	for _, id := range ids {
+		if m.stores["n6"].has(id) {
+			share++
+		}
+	}
+	// 5 live nodes, 3 copies each: n6 should hold about 3/5 of the blocks.
+	if f := float64(share) / float64(len(ids)); f < 0.45 || f > 0.75 {
+		t.Fatalf("n6 holds %.2f of the blocks, want about 0.6", f)
+	}
+}
+
+func TestRepairLastCopyIsCopiedAtOnce(t *testing.T) {
+	const r = 3
+	m, ids := newMemMesh(t, 4, 100, r)
+	now := time.Now()
+	m.setState("n1", mesh.StateDead, now)
+	m.setState("n2", mesh.StateDead, now)
+	m.round(t, r, time.Hour, ids)
+	copies := m.liveCopies(ids)
+	for _, id := range ids {
+		if copies[id] < 2 {
+			t.Fatalf("block %s has %d live copies after a round: its last copy was not copied at once", id, copies[id])
+		}
+	}
+}
