@@ -70,6 +70,10 @@ func runNode(args []string) error {
 	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET)")
 	scrubPeriod := fs.Duration("scrub-period", 24*time.Hour, "how long one full scrub pass (re-read and verify every block) should take")
 	scrubRate := fs.Float64("scrub-max-rate", 50<<20, "bytes/s the scrubber may read at most, so it never starves client I/O")
+	repairDelay := fs.Duration("repair-delay", 30*time.Second, "how long a block that lost one of several copies to a node death waits before it is copied (a block down to its last copy is copied at once)")
+	repairRate := fs.Float64("repair-rate", 100<<20, "bytes/s this node may send as repair and rebalance copies")
+	repairConcurrency := fs.Int("repair-concurrency", 4, "repair copies this node sends at once")
+	repairInterval := fs.Duration("repair-interval", 30*time.Second, "how often the node re-checks its blocks' copies without a membership change")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -212,6 +216,11 @@ func runNode(args []string) error {
 	defer sup.Close()
 	scrubber := actors.NewScrubber(store, fetcher{peers}, actors.ScrubConfig{Period: *scrubPeriod, MaxRate: *scrubRate}, log.With("actor", "scrub"))
 	sup.Start("scrub", scrubber)
+	repairer := actors.NewRepairer(store, client, members, actors.RepairConfig{
+		Self: state.Name, Replicas: state.Replicas, RepairDelay: *repairDelay,
+		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
+	}, log.With("actor", "repair"))
+	sup.Start("repair", repairer)
 
 	addrs := nodeAddrs{Name: state.Name, PID: os.Getpid(), Gossip: members.Self().Gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr()}
 	if err := writeJSONAtomic(filepath.Join(*data, "addr.json"), addrs); err != nil {
