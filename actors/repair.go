@@ -58,15 +58,15 @@ type RepairConfig struct {
 type RepairStats struct {
 	Rounds               int64     `json:"rounds"`
 	LastRound            time.Time `json:"last_round,omitzero"`
-	Pending              int       `json:"pending"`               // copies this node is responsible for, not yet done
-	PendingBytes         int64     `json:"pending_bytes"`         // their bytes
-	Waiting              int       `json:"waiting"`               // copies deferred by the repair delay (mesh-wide view of this node's blocks)
-	Copied               int64     `json:"copied"`                // copies sent, all rounds
-	CopiedBytes          int64     `json:"copied_bytes"`          // their bytes
-	Dropped              int64     `json:"dropped"`               // surplus copies deleted here
-	Failed               int64     `json:"failed"`                // copies or drops that failed
-	RateBytes            float64   `json:"rate_bytes"`            // bytes/s copied in the last round
-	UnderReplicated      int       `json:"under_replicated"`      // blocks held here with fewer than R live copies
+	Pending              int       `json:"pending"`          // copies this node is responsible for, not yet done
+	PendingBytes         int64     `json:"pending_bytes"`    // their bytes
+	Waiting              int       `json:"waiting"`          // copies deferred by the repair delay (mesh-wide view of this node's blocks)
+	Copied               int64     `json:"copied"`           // copies sent, all rounds
+	CopiedBytes          int64     `json:"copied_bytes"`     // their bytes
+	Dropped              int64     `json:"dropped"`          // surplus copies deleted here
+	Failed               int64     `json:"failed"`           // copies or drops that failed
+	RateBytes            float64   `json:"rate_bytes"`       // bytes/s copied in the last round
+	UnderReplicated      int       `json:"under_replicated"` // blocks held here with fewer than R live copies
 	UnderReplicatedBytes int64     `json:"under_replicated_bytes"`
 	Lost                 int       `json:"lost"`
 }
