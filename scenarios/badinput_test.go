@@ -41,6 +41,25 @@ func runMeshfs(t *testing.T, timeout time.Duration, env []string, args ...string
 	return code, strings.TrimSpace(stderr.String())
 }
 
+// runMeshfsStdout runs the binary (bounded) and returns its exit code and
+// stdout (stderr on failure).
+func runMeshfsStdout(t *testing.T, timeout time.Duration, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, meshfsBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), stderr.String()
+	} else if err != nil {
+		t.Fatalf("run meshfs %v: %v", args, err)
+	}
+	return 0, stdout.String()
+}
+
 // expectFailure checks a command failed and that its error, the last line
 // of stderr (log lines may come before it), is one line naming want.
 func expectFailure(t *testing.T, code int, stderr, want string) {

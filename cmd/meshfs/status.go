@@ -9,7 +9,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/meshfs/meshfs/actors"
 	"github.com/meshfs/meshfs/mesh/blocknet"
+	"github.com/meshfs/meshfs/persist"
 )
 
 type statusMember struct {
@@ -17,7 +19,7 @@ type statusMember struct {
 	State  string `json:"state"`
 	Zone   string `json:"zone,omitempty"`
 	HTTP   string `json:"http"`
-	Blocks int64  `json:"blocks"`
+	Blocks int64  `json:"blocks"` // copies held
 	Bytes  int64  `json:"bytes"`
 	Error  string `json:"error,omitempty"`
 }
@@ -27,9 +29,13 @@ type statusReport struct {
 	BlockSize   int            `json:"block_size"`
 	Replication int            `json:"replication"`
 	Members     []statusMember `json:"members"`
-	// Blocks counts stored copies over all nodes (each block R times).
-	Blocks int64 `json:"blocks"`
-	Bytes  int64 `json:"bytes"`
+	// Blocks counts distinct blocks on live nodes, Copies their copies.
+	Blocks                int   `json:"blocks"`
+	Copies                int64 `json:"copies"`
+	Bytes                 int64 `json:"bytes"` // bytes of all copies
+	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
+	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
+	LostBlocks            int   `json:"lost_blocks"` // no live copy (their holders are down)
 }
 
 func runStatus(args []string) error {
@@ -75,19 +81,38 @@ func runStatus(args []string) error {
 	defer view.Close()
 	info := view.Info()
 	rep := statusReport{ClusterID: info.ClusterID, BlockSize: info.BlockSize, Replication: info.Replication}
+	// Every live node's inventory, planned as the nodes plan it, says
+	// which blocks have fewer live copies than they should.
+	copies := map[persist.BlockID]*actors.BlockCopies{}
 	for _, m := range info.Members {
 		sm := statusMember{Name: m.Name, State: string(m.State), Zone: m.Zone, HTTP: m.HTTP}
 		if m.Live() {
-			if st, err := client.Stats(ctx, m.HTTP); err != nil {
+			err := client.List(ctx, m.HTTP, func(id persist.BlockID, size int) error {
+				bc := copies[id]
+				if bc == nil {
+					bc = &actors.BlockCopies{ID: id, Size: int64(size)}
+					copies[id] = bc
+				}
+				bc.Holders = append(bc.Holders, m.Name)
+				sm.Blocks++
+				sm.Bytes += int64(size)
+				return nil
+			})
+			if err != nil {
 				sm.Error = err.Error()
-			} else {
-				sm.Blocks, sm.Bytes = st.Blocks, st.Bytes
-				rep.Blocks += st.Blocks
-				rep.Bytes += st.Bytes
 			}
+			rep.Copies += sm.Blocks
+			rep.Bytes += sm.Bytes
 		}
 		rep.Members = append(rep.Members, sm)
 	}
+	blocks := make([]actors.BlockCopies, 0, len(copies))
+	for _, bc := range copies {
+		blocks = append(blocks, *bc)
+	}
+	plan := actors.Planner{Replicas: info.Replication}.Plan(time.Now(), info.Members, blocks)
+	rep.Blocks = len(blocks)
+	rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks = plan.UnderReplicated, plan.UnderReplicatedBytes, len(plan.Lost)
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -100,6 +125,7 @@ func runStatus(args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", m.Name, m.State, m.Zone, m.HTTP, m.Blocks, m.Bytes, m.Error)
 	}
 	tw.Flush()
-	fmt.Printf("stored copies: %d blocks, %d bytes\n", rep.Blocks, rep.Bytes)
+	fmt.Printf("blocks: %d (%d copies, %d bytes); under-replicated: %d blocks, %d bytes; lost: %d\n",
+		rep.Blocks, rep.Copies, rep.Bytes, rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks)
 	return nil
 }

@@ -38,7 +38,14 @@ type upNode struct {
 }
 
 func runUp(args []string) error {
-	fs := newFlags("up", "meshfs up DIR [--nodes N] [flags]")
+	fs := newFlags("up", "meshfs up DIR [--nodes N] [flags] [-- NODE FLAGS...]\n\nFlags after -- are given to every 'meshfs node' (for example -- --repair-delay 5s).")
+	var nodeFlags []string
+	for i, a := range args {
+		if a == "--" {
+			args, nodeFlags = args[:i], args[i+1:]
+			break
+		}
+	}
 	nodes := fs.Int("nodes", 3, "number of data nodes to start")
 	replicas := fs.Int("replicas", 0, "copies of each block for a new mesh (default 3, at most --nodes)")
 	blockSize := fs.Int("block-size", 0, "block size in bytes for a new mesh (default 4 MiB)")
@@ -101,6 +108,7 @@ func runUp(args []string) error {
 		nargs := []string{"node", "--data", data, "--name", name,
 			"--gossip", "127.0.0.1:0", "--api", "127.0.0.1:0", "--nats", "127.0.0.1:0",
 			"--secret-file", secretFile, "--log-level", *logLevel}
+		nargs = append(nargs, nodeFlags...)
 		if i == 1 {
 			if *replicas != 0 {
 				nargs = append(nargs, "--replicas", fmt.Sprint(*replicas))

@@ -1,0 +1,90 @@
+package scenarios
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/meshfs/meshfs/scenarios/harness"
+)
+
+// meshStatus is the part of 'meshfs status --json' these tests read.
+type meshStatus struct {
+	Members []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+	} `json:"members"`
+	Replication           int   `json:"replication"`
+	Blocks                int   `json:"blocks"`
+	Copies                int64 `json:"copies"`
+	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
+	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
+	LostBlocks            int   `json:"lost_blocks"`
+}
+
+func status(t *testing.T, m *harness.Mesh) meshStatus {
+	t.Helper()
+	code, out := runMeshfsStdout(t, 30*time.Second, "status", "--up", m.Dir, "--json")
+	if code != 0 {
+		t.Fatalf("meshfs status --json: exit %d: %s", code, out)
+	}
+	var st meshStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v: %s", err, out)
+	}
+	return st
+}
+
+func (s meshStatus) state(name string) string {
+	for _, m := range s.Members {
+		if m.Name == name {
+			return m.State
+		}
+	}
+	return ""
+}
+
+// TestHealAfterKill kills one of five nodes: gossip declares it dead, and
+// the survivors copy its blocks until every block has R copies again, while
+// every file reads identical.
+func TestHealAfterKill(t *testing.T) {
+	m := startMesh(t, 5, "--", "--repair-delay", "1s", "--repair-interval", "2s")
+	sums := writeFiles(t, m.Mount(), m.State.BlockSize, 40<<20)
+	before := status(t, m)
+	if before.UnderReplicatedBlocks != 0 || before.Copies != int64(before.Blocks*3) {
+		t.Fatalf("before the kill: %+v; want every block at 3 copies", before)
+	}
+	victim := 3 // node4
+	start := time.Now()
+	if err := m.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	var detected, healed time.Duration
+	sawUnder := false
+	for time.Since(start) < 90*time.Second {
+		st := status(t, m)
+		if detected == 0 && st.state("node4") == "dead" {
+			detected = time.Since(start)
+		}
+		if st.UnderReplicatedBlocks > 0 {
+			sawUnder = true
+		}
+		if st.LostBlocks > 0 {
+			t.Fatalf("blocks lost after one kill: %+v", st)
+		}
+		if detected > 0 && st.UnderReplicatedBlocks == 0 && st.Copies == int64(st.Blocks*3) && st.Blocks == before.Blocks {
+			healed = time.Since(start)
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if healed == 0 {
+		t.Fatalf("not healed 90s after the kill: %+v", status(t, m))
+	}
+	if !sawUnder {
+		t.Logf("note: the mesh healed before status saw any under-replicated block")
+	}
+	t.Logf("node4 declared dead after %v; all %d blocks back at 3 copies %v after the kill", detected, before.Blocks, healed)
+	checkFiles(t, m.Mount(), sums)
+	checkFiles(t, mountAgain(t, m), sums)
+}
