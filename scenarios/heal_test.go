@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 	"time"
@@ -11,8 +12,9 @@ import (
 // meshStatus is the part of 'meshfs status --json' these tests read.
 type meshStatus struct {
 	Members []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
+		Name   string `json:"name"`
+		State  string `json:"state"`
+		Blocks int64  `json:"blocks"`
 	} `json:"members"`
 	Replication           int   `json:"replication"`
 	Blocks                int   `json:"blocks"`
@@ -86,5 +88,57 @@ func TestHealAfterKill(t *testing.T) {
 	}
 	t.Logf("node4 declared dead after %v; all %d blocks back at 3 copies %v after the kill", detected, before.Blocks, healed)
 	checkFiles(t, m.Mount(), sums)
+	checkFiles(t, mountAgain(t, m), sums)
+}
+
+// TestRebalanceOnJoin adds a fifth node to four: it receives its share of
+// copies, surplus copies elsewhere are dropped, and no block is ever seen
+// with fewer than 3 copies.
+func TestRebalanceOnJoin(t *testing.T) {
+	m := startMesh(t, 4, "--", "--repair-delay", "1s", "--repair-interval", "2s")
+	sums := writeFiles(t, m.Mount(), m.State.BlockSize, 60<<20)
+	before := status(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := m.AddNode(ctx, "node5"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var settled time.Duration
+	var last [2]int64
+	var stableSince time.Time
+	for time.Since(start) < 90*time.Second {
+		st := status(t, m)
+		if st.UnderReplicatedBlocks != 0 || st.LostBlocks != 0 {
+			t.Fatalf("during rebalance: %d under-replicated, %d lost", st.UnderReplicatedBlocks, st.LostBlocks)
+		}
+		share := int64(0)
+		for _, mem := range st.Members {
+			if mem.Name == "node5" {
+				share = mem.Blocks
+			}
+		}
+		// Settled: node5 has copies, every block has 3, and nothing has
+		// changed for longer than a repair interval (2 s).
+		now := [2]int64{share, st.Copies}
+		if now != last {
+			last, stableSince = now, time.Now()
+		}
+		if share > 0 && st.Copies == int64(st.Blocks*3) && time.Since(stableSince) > 3*time.Second {
+			settled = stableSince.Sub(start)
+			t.Logf("node5 holds %d of %d blocks (ideal %.1f), settled %v after it joined", share, st.Blocks, float64(st.Blocks)*3/5, settled)
+			if share < int64(st.Blocks)*3/5/2 {
+				t.Fatalf("node5 holds %d of %d blocks: far below its share", share, st.Blocks)
+			}
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if settled == 0 {
+		t.Fatalf("rebalance did not settle within 90s: %+v", status(t, m))
+	}
+	if st := status(t, m); st.Blocks != before.Blocks {
+		t.Fatalf("blocks before %d, after %d", before.Blocks, st.Blocks)
+	}
 	checkFiles(t, mountAgain(t, m), sums)
 }

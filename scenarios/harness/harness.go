@@ -211,6 +211,34 @@ func (m *Mesh) Restart(ctx context.Context, i int) error {
 	}
 }
 
+// AddNode starts a new node named name that joins the mesh, with the same
+// flags as the others (data under DIR/name), and waits until the mesh sees
+// it. It is recorded in m.State.Nodes (not in up.json).
+func (m *Mesh) AddNode(ctx context.Context, name string) error {
+	first := m.State.Nodes[0]
+	data := filepath.Join(m.Dir, name)
+	args := []string{first.Args[0]}
+	for i := 1; i < len(first.Args); i++ {
+		switch first.Args[i] {
+		case "--data":
+			args = append(args, "--data", data)
+			i++
+		case "--name":
+			args = append(args, "--name", name)
+			i++
+		case "--replicas", "--block-size":
+			i++ // a joining node adopts the mesh's
+		default:
+			args = append(args, first.Args[i])
+		}
+	}
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	m.State.Nodes = append(m.State.Nodes, Node{Name: name, Data: data, Log: filepath.Join(data, "node.log"), Args: args})
+	return m.Restart(ctx, len(m.State.Nodes)-1)
+}
+
 // Client returns a block API client keyed with the mesh's secret.
 func (m *Mesh) Client() (*blocknet.Client, error) {
 	raw, err := os.ReadFile(m.State.SecretFile)
