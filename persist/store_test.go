@@ -516,3 +516,70 @@ func BenchmarkGet4MiB(b *testing.B) {
 		}
 	}
 }
+
+// TestLoad reads many blocks of several sizes, large ones through the file
+// rather than the mmap, after deletes have freed pages for reuse: each must
+// come back whole, into the caller's buffer when it is large enough, and
+// Load must not check the hash (its callers do).
+func TestLoad(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	blocks := map[BlockID][]byte{}
+	for i, size := range []int{0, 100, preadMin - 1, preadMin, 300 << 10, 1 << 20, 4 << 20, 70 << 10} {
+		data, id := randBlock(t, size)
+		if err := s.Put(ctx, id, data); err != nil {
+			t.Fatalf("Put #%d: %v", i, err)
+		}
+		blocks[id] = data
+	}
+	for id, data := range blocks {
+		if len(data) == 1<<20 {
+			if err := s.Delete(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			delete(blocks, id)
+		}
+	}
+	for range 3 {
+		data, id := randBlock(t, 200<<10)
+		if err := s.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+		blocks[id] = data
+	}
+	buf := make([]byte, 0, 4<<20)
+	for id, data := range blocks {
+		got, err := s.Load(ctx, id, buf)
+		if err != nil {
+			t.Fatalf("Load(%d bytes): %v", len(data), err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("Load returned %d bytes that differ from the %d put", len(got), len(data))
+		}
+		if len(got) > 0 && &got[:1][0] != &buf[:1][0] {
+			t.Fatalf("Load of %d bytes did not use the %d-byte buffer", len(data), cap(buf))
+		}
+		if got, err := s.Load(ctx, id, nil); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("Load(%d bytes) into nil = %d bytes, %v", len(data), len(got), err)
+		}
+	}
+	if _, err := s.Load(ctx, Sum([]byte("missing")), buf); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Load of a missing block: %v; want ErrNotFound", err)
+	}
+
+	// A rotten copy loads as is: the caller's hash check catches it.
+	data, id := randBlock(t, 256<<10)
+	if err := s.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	flipStoredByte(t, dir, id, 5000)
+	s = openTest(t, dir)
+	got, err := s.Load(ctx, id, nil)
+	if err != nil || len(got) != len(data) || Sum(got) == id {
+		t.Fatalf("Load of a rotten copy = %d bytes (hash ok: %v), %v; want the rotten bytes", len(got), Sum(got) == id, err)
+	}
+}

@@ -17,6 +17,8 @@ import (
 
 // BlockStore is what a node serves. *persist.Store implements it; its errors
 // wrap persist's sentinels (ErrNotFound, ErrCorrupt, ErrHashMismatch, ErrTooLarge).
+// Put must not keep data once it returns: the server reads the next
+// request's body into the same buffer.
 type BlockStore interface {
 	Put(ctx context.Context, id persist.BlockID, data []byte) error
 	Get(ctx context.Context, id persist.BlockID) ([]byte, error)

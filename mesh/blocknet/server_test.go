@@ -487,3 +487,84 @@ func TestStatsBadDataDir(t *testing.T) {
 		t.Fatalf("Stats with a missing data dir: %v; want HTTP 500 naming statfs", err)
 	}
 }
+
+// loaderStore is a fakeStore that also loads blocks without verifying them,
+// as *persist.Store does.
+type loaderStore struct{ *fakeStore }
+
+func (s loaderStore) Load(ctx context.Context, id persist.BlockID, buf []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data, ok := s.blocks[id]
+	if !ok {
+		return nil, fmt.Errorf("load block %s: %w", id, persist.ErrNotFound)
+	}
+	return append(buf[:0], data...), nil
+}
+
+// TestGetCorruptUnverified: a store that loads without verifying serves a
+// rotten copy as is, and the client, which verifies every block, refuses it.
+func TestGetCorruptUnverified(t *testing.T) {
+	store := loaderStore{newFakeStore()}
+	srv := httptest.NewServer(NewServer(ServerConfig{Store: store, Secret: testSecret}))
+	defer srv.Close()
+	c := NewClient(testSecret, 10*time.Second)
+	defer c.closeIdle()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+	data := []byte("soon to rot, unverified")
+	id := persist.Sum(data)
+	if err := c.Put(ctx, addr, id, data); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Get(ctx, addr, id); err != nil || string(got) != string(data) {
+		t.Fatalf("Get = %q, %v; want %q", got, err, data)
+	}
+	store.corrupt(t, id)
+	if _, err := c.Get(ctx, addr, id); !errors.Is(err, persist.ErrCorrupt) {
+		t.Fatalf("Client.Get of a corrupt block: %v; want ErrCorrupt", err)
+	}
+	if _, err := c.Get(ctx, addr, persist.Sum([]byte("missing"))); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("Client.Get of a missing block: %v; want ErrNotFound", err)
+	}
+}
+
+// TestServePersistStore moves blocks of mixed sizes through a node backed by
+// a real store, in an order that makes the server's recycled buffers shrink
+// and grow: every block must come back exactly.
+func TestServePersistStore(t *testing.T) {
+	store, err := persist.Open(t.TempDir(), persist.Options{ClusterID: "test", BlockSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	srv := httptest.NewServer(NewServer(ServerConfig{Store: store, Secret: testSecret}))
+	defer srv.Close()
+	c := NewClient(testSecret, 10*time.Second)
+	defer c.closeIdle()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+
+	var ids []persist.BlockID
+	blocks := map[persist.BlockID][]byte{}
+	for i, size := range []int{4 << 20, 10, 300 << 10, 0, 4<<20 - 1, 64 << 10, 1} {
+		data := make([]byte, size)
+		for j := range data {
+			data[j] = byte(i*31 + j*7)
+		}
+		id := persist.Sum(data)
+		if err := c.Put(ctx, addr, id, data); err != nil {
+			t.Fatalf("Put of %d bytes: %v", size, err)
+		}
+		ids = append(ids, id)
+		blocks[id] = data
+	}
+	for range 2 {
+		for _, id := range ids {
+			got, err := c.Get(ctx, addr, id)
+			if err != nil || string(got) != string(blocks[id]) {
+				t.Fatalf("Get of %d bytes = %d bytes, %v", len(blocks[id]), len(got), err)
+			}
+		}
+	}
+}
