@@ -244,6 +244,38 @@ func (st *fileState) invalidateRefsLocked() {
 	st.refsGen++
 }
 
+// discardAfterFailedClose forgets the data a failed close(2) could not
+// store, when no other handle of this mount holds the file open. close
+// reported the failure, so nothing of it may be committed later by the
+// close of a handle opened in the meantime (the kernel's release of the
+// failed handle may come after that open): the file keeps its previous
+// content. The size falls back to the committed one.
+func (m *FS) discardAfterFailedClose(ctx context.Context, st *fileState) {
+	m.filesMu.Lock()
+	last := st.opens == 1
+	m.filesMu.Unlock()
+	if !last {
+		return // other handles may still retry their data with fsync
+	}
+	st.mu.Lock()
+	var freed int64
+	for slot, b := range st.dirty {
+		freed += int64(cap(b.data))
+		delete(st.dirty, slot)
+	}
+	clear(st.pending)
+	st.seq++
+	seq := st.seq
+	st.invalidateRefsLocked()
+	st.mu.Unlock()
+	m.buf.release(freed)
+	mctx, cancel := metaCtx(ctx)
+	defer cancel()
+	if attr, err := m.meta.GetAttr(mctx, st.ino); err == nil {
+		st.refresh(seq, attr)
+	}
+}
+
 // drop forgets everything not committed and gives its buffer room back.
 func (st *fileState) drop() {
 	st.mu.Lock()
@@ -446,8 +478,13 @@ func (st *fileState) writeSlot(ctx context.Context, slot int64, so int, p []byte
 
 // growCap returns the capacity for a buffer that must hold need bytes:
 // doubling, so appending small writes costs amortised O(1), capped at the
-// block size.
+// block size. Once a quarter of the block is needed, it is the whole block:
+// a large sequential write (the kernel sends up to 1 MiB at a time) would
+// otherwise reallocate and copy the buffer twice more before it is full.
 func growCap(oldCap, need, bs int) int {
+	if need >= bs/4 {
+		return bs
+	}
 	c := max(oldCap, 4096)
 	for c < need {
 		c *= 2
@@ -670,19 +707,26 @@ func (st *fileState) read(ctx context.Context, dest []byte, off int64) (int, err
 		pos = pieceEnd
 	}
 
-	// Read-ahead: a sequential reader will want the next slot's block
-	// soon; fetch it while the kernel consumes this one.
-	var next persist.BlockID
+	// Read-ahead: a sequential reader will want the next slots' blocks
+	// soon; fetch several of them in parallel while the kernel consumes
+	// this one, so that the latency of one fetch (a disk read on the node,
+	// the transfer, two hash checks) is hidden behind the others.
+	var next [readAheadSlots]persist.BlockID
 	st.mu.Lock()
 	st.readEnd = end
 	if sequential {
-		if src := st.sourceLocked((end-1)/bs + 1); src.hasRef {
-			next = src.ref.ID
+		first := (end-1)/bs + 1
+		for i := range next {
+			if src := st.sourceLocked(first + int64(i)); src.hasRef {
+				next[i] = src.ref.ID
+			}
 		}
 	}
 	st.mu.Unlock()
-	if !next.IsZero() {
-		st.m.prefetch(next)
+	for _, id := range next {
+		if !id.IsZero() {
+			st.m.prefetch(id)
+		}
 	}
 	return int(end - off), nil
 }

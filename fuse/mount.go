@@ -92,6 +92,11 @@ const (
 	// kernel reads in pieces of at most 1 MiB, so without it every piece
 	// of a 4 MiB block would fetch the whole block again.
 	readCacheBlocks = 16
+	// readAheadSlots is how many slots past a sequential read are fetched
+	// ahead. Together with maxPrefetches it bounds read-ahead memory to a
+	// few blocks, well inside the read cache, so a prefetched block is not
+	// evicted before it is read.
+	readAheadSlots = 4
 	// maxPrefetches bounds concurrent read-ahead fetches per mount.
 	maxPrefetches = 4
 )

@@ -313,6 +313,7 @@ func (n *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
 		return 0
 	}
 	if err := h.st.flush(ctx); err != nil {
+		n.m.discardAfterFailedClose(ctx, h.st)
 		return n.m.errno("flush", err, "ino", n.ino())
 	}
 	return 0
