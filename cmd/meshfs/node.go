@@ -194,22 +194,6 @@ func runNode(args []string) error {
 		return err
 	}
 
-	srv := &http.Server{
-		Handler: blocknet.NewServer(blocknet.ServerConfig{
-			Store: store, Secret: secret.BlockKey(), DataDir: *data,
-			Cluster: func() blocknet.ClusterInfo {
-				return blocknet.ClusterInfo{
-					ClusterID: state.ClusterID, BlockSize: state.BlockSize,
-					Replication: state.Replicas, Self: state.Name, Members: members.Members(),
-				}
-			},
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(apiLn) }()
-
 	client := blocknet.NewClient(secret.BlockKey(), time.Minute)
 	peers := blocknet.NewReplicator(client, members.Members, state.Replicas)
 	sup := actors.NewSupervisor(ctx, log)
@@ -221,6 +205,27 @@ func runNode(args []string) error {
 		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
 	}, log.With("actor", "repair"))
 	sup.Start("repair", repairer)
+
+	srv := &http.Server{
+		Handler: blocknet.NewServer(blocknet.ServerConfig{
+			Store: store, Secret: secret.BlockKey(), DataDir: *data,
+			Cluster: func() blocknet.ClusterInfo {
+				return blocknet.ClusterInfo{
+					ClusterID: state.ClusterID, BlockSize: state.BlockSize,
+					Replication: state.Replicas, Self: state.Name, Members: members.Members(),
+				}
+			},
+			Suspect: scrubber.Check,
+			Actors: func() json.RawMessage {
+				b, _ := json.Marshal(nodeActors{Scrub: scrubber.Stats(), Repair: repairer.Stats(), Restarts: sup.Restarts()})
+				return b
+			},
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(apiLn) }()
 
 	addrs := nodeAddrs{Name: state.Name, PID: os.Getpid(), Gossip: members.Self().Gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr()}
 	if err := writeJSONAtomic(filepath.Join(*data, "addr.json"), addrs); err != nil {
@@ -240,6 +245,13 @@ func runNode(args []string) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	return nil
+}
+
+// nodeActors is the node's actors' state in /v1/stats, read by status.
+type nodeActors struct {
+	Scrub    actors.ScrubStats  `json:"scrub"`
+	Repair   actors.RepairStats `json:"repair"`
+	Restarts map[string]int64   `json:"restarts,omitempty"`
 }
 
 // fetcher gives the scrubber good copies from the mesh. Replicator.Read

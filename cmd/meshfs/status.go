@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,26 +26,44 @@ type statusMember struct {
 	Error  string `json:"error,omitempty"`
 }
 
+type statusRepair struct {
+	RateBytes   float64 `json:"rate_bytes"`   // bytes/s copied, all nodes, last rounds
+	ETASeconds  float64 `json:"eta_s"`        // under-replicated bytes / rate; -1 when unknown
+	CopiedBytes int64   `json:"copied_bytes"` // since the nodes started
+	Waiting     int     `json:"waiting"`      // copies held back by the repair delay
+}
+
+type statusScrub struct {
+	Progress float64 `json:"progress"` // of the current passes, 0..1
+	Passes   int64   `json:"passes"`   // fewest full passes of any node
+	Corrupt  int64   `json:"corrupt"`  // corrupt copies found
+	Repaired int64   `json:"repaired"` // of those, replaced
+}
+
 type statusReport struct {
 	ClusterID   string         `json:"cluster_id"`
 	BlockSize   int            `json:"block_size"`
 	Replication int            `json:"replication"`
 	Members     []statusMember `json:"members"`
 	// Blocks counts distinct blocks on live nodes, Copies their copies.
-	Blocks                int   `json:"blocks"`
-	Copies                int64 `json:"copies"`
-	Bytes                 int64 `json:"bytes"` // bytes of all copies
-	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
-	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
-	LostBlocks            int   `json:"lost_blocks"` // no live copy (their holders are down)
+	Blocks                int          `json:"blocks"`
+	Copies                int64        `json:"copies"`
+	Bytes                 int64        `json:"bytes"` // bytes of all copies
+	UnderReplicatedBlocks int          `json:"under_replicated_blocks"`
+	UnderReplicatedBytes  int64        `json:"under_replicated_bytes"`
+	LostBlocks            int          `json:"lost_blocks"` // no live copy (their holders are down)
+	Repair                statusRepair `json:"repair"`
+	Scrub                 statusScrub  `json:"scrub"`
+	ActorRestarts         int64        `json:"actor_restarts"` // actors restarted after a panic, all nodes
 }
 
 func runStatus(args []string) error {
-	fs := newFlags("status", "meshfs status (--join ADDR | --up DIR) [--json]")
+	fs := newFlags("status", "meshfs status (--join ADDR | --up DIR) [--json | --watch]")
 	var joins listFlag
 	fs.Var(&joins, "join", "block API address of any node; repeatable")
 	upDir := fs.String("up", "", "find the mesh from DIR/up.json (written by 'meshfs up DIR')")
 	asJSON := fs.Bool("json", false, "print a JSON object instead of a table")
+	watch := fs.Bool("watch", false, "redraw every second, with progress bars, until Ctrl-C")
 	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET; with --up, DIR/secret)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -51,6 +71,9 @@ func runStatus(args []string) error {
 	}
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
+	}
+	if *asJSON && *watch {
+		return usagef("--json and --watch do not go together")
 	}
 	if *upDir != "" {
 		st, err := readUpState(*upDir)
@@ -71,19 +94,45 @@ func runStatus(args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	client := blocknet.NewClient(secret.BlockKey(), 5*time.Second)
-	view, err := blocknet.NewClusterView(ctx, client, joins, time.Hour)
+	ctx, stop := signalContext()
+	defer stop()
+	client := blocknet.NewClient(secret.BlockKey(), 10*time.Second)
+	vctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	view, err := blocknet.NewClusterView(vctx, client, joins, time.Second)
+	cancel()
 	if err != nil {
 		return err
 	}
 	defer view.Close()
-	info := view.Info()
+	for {
+		rep := gatherStatus(ctx, client, view.Info())
+		switch {
+		case *asJSON:
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(rep)
+		case !*watch:
+			printStatus(os.Stdout, rep, false)
+			return nil
+		}
+		fmt.Print("\033[H\033[2J")
+		printStatus(os.Stdout, rep, true)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// gatherStatus asks every live node for its inventory and its actors'
+// state, and plans over the inventories as the nodes do, which tells the
+// blocks that have fewer live copies than they should.
+func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.ClusterInfo) statusReport {
 	rep := statusReport{ClusterID: info.ClusterID, BlockSize: info.BlockSize, Replication: info.Replication}
-	// Every live node's inventory, planned as the nodes plan it, says
-	// which blocks have fewer live copies than they should.
 	copies := map[persist.BlockID]*actors.BlockCopies{}
+	var passBlocks, passChecked int64
+	rep.Scrub.Passes = -1
 	for _, m := range info.Members {
 		sm := statusMember{Name: m.Name, State: string(m.State), Zone: m.Zone, HTTP: m.HTTP}
 		if m.Live() {
@@ -103,6 +152,23 @@ func runStatus(args []string) error {
 			}
 			rep.Copies += sm.Blocks
 			rep.Bytes += sm.Bytes
+			if st, err := client.Stats(ctx, m.HTTP); err == nil && len(st.Actors) > 0 {
+				var na nodeActors
+				if json.Unmarshal(st.Actors, &na) == nil {
+					rep.Repair.RateBytes += na.Repair.RateBytes
+					rep.Repair.CopiedBytes += na.Repair.CopiedBytes
+					rep.Scrub.Corrupt += na.Scrub.Corrupt
+					rep.Scrub.Repaired += na.Scrub.Repaired
+					passBlocks += na.Scrub.PassBlocks
+					passChecked += na.Scrub.PassChecked
+					if rep.Scrub.Passes < 0 || na.Scrub.Passes < rep.Scrub.Passes {
+						rep.Scrub.Passes = na.Scrub.Passes
+					}
+					for _, n := range na.Restarts {
+						rep.ActorRestarts += n
+					}
+				}
+			}
 		}
 		rep.Members = append(rep.Members, sm)
 	}
@@ -113,19 +179,56 @@ func runStatus(args []string) error {
 	plan := actors.Planner{Replicas: info.Replication}.Plan(time.Now(), info.Members, blocks)
 	rep.Blocks = len(blocks)
 	rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks = plan.UnderReplicated, plan.UnderReplicatedBytes, len(plan.Lost)
-	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+	rep.Repair.Waiting = plan.Waiting
+	rep.Repair.ETASeconds = -1
+	if rep.UnderReplicatedBytes == 0 {
+		rep.Repair.ETASeconds = 0
+	} else if rep.Repair.RateBytes > 0 {
+		rep.Repair.ETASeconds = float64(rep.UnderReplicatedBytes) / rep.Repair.RateBytes
 	}
-	fmt.Printf("cluster %s: %d members, %d copies of each %d-byte block\n", rep.ClusterID, len(rep.Members), rep.Replication, rep.BlockSize)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	if rep.Scrub.Passes < 0 {
+		rep.Scrub.Passes = 0
+	}
+	if passBlocks > 0 {
+		rep.Scrub.Progress = float64(passChecked) / float64(passBlocks)
+	}
+	return rep
+}
+
+func printStatus(w io.Writer, rep statusReport, bars bool) {
+	fmt.Fprintf(w, "cluster %s: %d members, %d copies of each %d-byte block\n", rep.ClusterID, len(rep.Members), rep.Replication, rep.BlockSize)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATE\tZONE\tAPI\tBLOCKS\tBYTES\t")
 	for _, m := range rep.Members {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", m.Name, m.State, m.Zone, m.HTTP, m.Blocks, m.Bytes, m.Error)
 	}
 	tw.Flush()
-	fmt.Printf("blocks: %d (%d copies, %d bytes); under-replicated: %d blocks, %d bytes; lost: %d\n",
-		rep.Blocks, rep.Copies, rep.Bytes, rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks)
-	return nil
+	fmt.Fprintf(w, "blocks: %d (%d copies, %d bytes)\n", rep.Blocks, rep.Copies, rep.Bytes)
+	healthy := 1.0
+	if rep.Blocks > 0 {
+		healthy = 1 - float64(rep.UnderReplicatedBlocks)/float64(rep.Blocks)
+	}
+	eta := "-"
+	if rep.Repair.ETASeconds >= 0 {
+		eta = (time.Duration(rep.Repair.ETASeconds * float64(time.Second))).Round(time.Second).String()
+	}
+	fmt.Fprintf(w, "under-replicated: %d blocks, %d bytes; lost: %d; waiting for repair delay: %d\n",
+		rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks, rep.Repair.Waiting)
+	fmt.Fprintf(w, "repair: %.1f MiB/s, ETA %s, %d bytes copied so far\n", rep.Repair.RateBytes/(1<<20), eta, rep.Repair.CopiedBytes)
+	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d, repaired %d\n",
+		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.Repaired)
+	if rep.ActorRestarts > 0 {
+		fmt.Fprintf(w, "actors restarted after a panic: %d (see the nodes' logs)\n", rep.ActorRestarts)
+	}
+	if bars {
+		fmt.Fprintf(w, "replicated %s\n", bar(healthy))
+		fmt.Fprintf(w, "scrubbed   %s\n", bar(rep.Scrub.Progress))
+	}
+}
+
+func bar(f float64) string {
+	const width = 40
+	n := int(f*width + 0.5)
+	n = min(max(n, 0), width)
+	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + fmt.Sprintf("] %3.0f%%", 100*f)
 }

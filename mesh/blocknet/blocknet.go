@@ -10,6 +10,7 @@ package blocknet
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/persist"
@@ -43,6 +44,8 @@ type NodeStats struct {
 	Bytes     int64  `json:"bytes"`
 	DiskTotal uint64 `json:"disk_total"` // of the file system holding the data dir
 	DiskFree  uint64 `json:"disk_free"`
+	// Actors is what ServerConfig.Actors returned: repair and scrub state.
+	Actors json.RawMessage `json:"actors,omitempty"`
 }
 
 // ServerConfig wires a node's block API.
@@ -53,4 +56,11 @@ type ServerConfig struct {
 	Cluster func() ClusterInfo
 	// DataDir is statfs'd for NodeStats.DiskTotal/DiskFree.
 	DataDir string
+	// Suspect, if set, is told of a block a client found corrupt here
+	// (read-repair): the node should verify and replace its copy soon. It
+	// must not block.
+	Suspect func(id persist.BlockID)
+	// Actors, if set, returns the node's actors' state as JSON for
+	// NodeStats.Actors (the block API does not know their types).
+	Actors func() json.RawMessage
 }

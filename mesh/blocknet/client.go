@@ -290,6 +290,20 @@ func (c *Client) Delete(ctx context.Context, addr string, id persist.BlockID) er
 	return nil
 }
 
+// Report tells the node at addr that the copy of the block it served was
+// corrupt, so it verifies and replaces it (read-repair).
+func (c *Client) Report(ctx context.Context, addr string, id persist.BlockID) error {
+	cl, err := c.send(ctx, http.MethodPost, addr, blockPath(id)+"/check", nil)
+	if err != nil {
+		return fmt.Errorf("report corrupt block %s to %s: %w", id, addr, err)
+	}
+	defer cl.done()
+	if cl.resp.StatusCode/100 != 2 {
+		return fmt.Errorf("report corrupt block %s to %s: %w", id, addr, newStatusError(cl.resp, false))
+	}
+	return nil
+}
+
 // List calls fn for every block the node at addr holds, stopping at fn's
 // first error, which it returns as is. The whole listing must arrive within
 // the client timeout.

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,6 +156,8 @@ type testNode struct {
 	store *fakeStore
 	srv   *httptest.Server
 	addr  string // host:port, as in Member.HTTP
+
+	reported atomic.Int64 // corrupt-copy reports received (read-repair)
 }
 
 // testMesh is a set of testNodes plus the membership a gossip layer would
@@ -179,6 +182,7 @@ func newTestMesh(t testing.TB, n int) *testMesh {
 			Secret:  testSecret,
 			Cluster: func() ClusterInfo { return m.info(nd.name) },
 			DataDir: t.TempDir(),
+			Suspect: func(persist.BlockID) { nd.reported.Add(1) },
 		}))
 		t.Cleanup(nd.srv.Close)
 		nd.addr = nd.srv.Listener.Addr().String()

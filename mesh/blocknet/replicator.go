@@ -164,6 +164,13 @@ func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, erro
 			notFound++
 		case errors.Is(err, persist.ErrCorrupt):
 			slog.Warn("skipping corrupt block copy", "block", id, "node", m.Name, "addr", m.HTTP, "err", err)
+			// Read-repair: tell the node, so it replaces its copy now
+			// rather than at its next scrub pass.
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if rerr := r.c.Report(rctx, m.HTTP, id); rerr != nil {
+				slog.Warn("could not report corrupt copy", "block", id, "node", m.Name, "err", rerr)
+			}
+			cancel()
 			errs = append(errs, fmt.Errorf("node %s: %w", m.Name, err))
 		default:
 			slog.Debug("block read attempt failed", "block", id, "node", m.Name, "addr", m.HTTP, "err", err)

@@ -217,6 +217,12 @@ func TestReplicatorReadSkipsCorrupt(t *testing.T) {
 	if _, err := first.Get(context.Background(), id); !errors.Is(err, persist.ErrCorrupt) {
 		t.Fatalf("first owner's copy: %v; want still corrupt (repair is not the reader's job)", err)
 	}
+	if got := m.node(order[0].Name).reported.Load(); got != 1 {
+		t.Fatalf("the node that served the corrupt copy got %d reports, want 1 (read-repair)", got)
+	}
+	if got := m.node(order[1].Name).reported.Load(); got != 0 {
+		t.Fatalf("the node with a good copy got %d reports, want 0", got)
+	}
 }
 
 // TestReplicatorReadFromNonOwner: after a failover a copy may sit outside

@@ -100,6 +100,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("GET /v1/blocks/{id}", s.getBlock)
 	mux.HandleFunc("HEAD /v1/blocks/{id}", s.headBlock)
 	mux.HandleFunc("DELETE /v1/blocks/{id}", s.deleteBlock)
+	mux.HandleFunc("POST /v1/blocks/{id}/check", s.checkBlock)
 	mux.HandleFunc("GET /v1/blocks", s.listBlocks)
 	mux.HandleFunc("GET /v1/cluster", s.cluster)
 	mux.HandleFunc("GET /v1/stats", s.stats)
@@ -279,6 +280,19 @@ func (s *server) deleteBlock(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// checkBlock takes a client's report that this node served a corrupt copy
+// of the block; the node verifies and replaces it (read-repair).
+func (s *server) checkBlock(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.blockID(w, r)
+	if !ok {
+		return
+	}
+	if s.cfg.Suspect != nil {
+		s.cfg.Suspect(id)
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
 func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	rc := http.NewResponseController(w)
@@ -357,6 +371,9 @@ func (s *server) stats(w http.ResponseWriter, r *http.Request) {
 		// Bavail, not Bfree: blocks reserved for root are not ours to fill.
 		st.DiskTotal = uint64(fs.Blocks) * uint64(fs.Bsize)
 		st.DiskFree = uint64(fs.Bavail) * uint64(fs.Bsize)
+	}
+	if s.cfg.Actors != nil {
+		st.Actors = s.cfg.Actors()
 	}
 	s.writeJSON(w, r, st)
 }
