@@ -22,6 +22,10 @@ type meshStatus struct {
 	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
 	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
 	LostBlocks            int   `json:"lost_blocks"`
+	Scrub                 struct {
+		Corrupt  int64 `json:"corrupt"`
+		Repaired int64 `json:"repaired"`
+	} `json:"scrub"`
 }
 
 func status(t *testing.T, m *harness.Mesh) meshStatus {

@@ -71,6 +71,19 @@ func TestCorruptCopiesAreSkipped(t *testing.T) {
 		t.Fatalf("no read met a corrupt copy on node2; the test did not test anything. mount log:\n%s", log)
 	}
 	t.Logf("reads skipped %d corrupt copies", skipped)
+	// Read-repair: each reported copy is replaced at once by node2's scrubber.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := status(t, m)
+		if st.Scrub.Repaired >= int64(skipped) {
+			t.Logf("read-repair replaced %d corrupt copies (found %d)", st.Scrub.Repaired, st.Scrub.Corrupt)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after %d corrupt copies were reported, %d repaired", skipped, st.Scrub.Repaired)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // rotBlocks flips one byte in the middle of every stored block.
