@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -249,9 +250,30 @@ func (r *Repairer) inventory(ctx context.Context, members []mesh.Member) ([]Bloc
 			}
 		}
 	}
+	// A node that died within the repair delay cannot be listed, and its
+	// last inventory may predate recent writes. Placement says what it
+	// held: the blocks it owned while alive. Presuming it holds them lets
+	// the planner wait for its restart instead of copying at once.
+	asIfAlive := make([]mesh.Member, len(members))
+	recent := map[string]bool{}
+	for i, m := range members {
+		asIfAlive[i] = m
+		if !m.Live() && !m.Since.IsZero() && time.Since(m.Since) < r.cfg.RepairDelay {
+			asIfAlive[i].State = mesh.StateAlive
+			recent[m.Name] = true
+		}
+	}
 	blocks := make([]BlockCopies, 0, len(sizes))
 	for id, size := range sizes {
-		blocks = append(blocks, BlockCopies{ID: id, Size: size, Holders: holders[id]})
+		h := holders[id]
+		if len(recent) > 0 {
+			for _, o := range (mesh.Placement{}).Owners(id, asIfAlive, r.cfg.Replicas) {
+				if recent[o.Name] && !slices.Contains(h, o.Name) {
+					h = append(h, o.Name)
+				}
+			}
+		}
+		blocks = append(blocks, BlockCopies{ID: id, Size: size, Holders: h})
 	}
 	return blocks, nil
 }

@@ -15,6 +15,7 @@ type meshStatus struct {
 		Name   string `json:"name"`
 		State  string `json:"state"`
 		Blocks int64  `json:"blocks"`
+		Bytes  int64  `json:"bytes"`
 	} `json:"members"`
 	Replication           int   `json:"replication"`
 	Blocks                int   `json:"blocks"`
@@ -22,7 +23,10 @@ type meshStatus struct {
 	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
 	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
 	LostBlocks            int   `json:"lost_blocks"`
-	Scrub                 struct {
+	Repair                struct {
+		CopiedBytes int64 `json:"copied_bytes"`
+	} `json:"repair"`
+	Scrub struct {
 		Corrupt  int64 `json:"corrupt"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`

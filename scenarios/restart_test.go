@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshfs/meshfs/persist"
 	"github.com/meshfs/meshfs/scenarios/harness"
 	bolt "go.etcd.io/bbolt"
 )
@@ -88,6 +89,12 @@ func TestCorruptCopiesAreSkipped(t *testing.T) {
 
 // rotBlocks flips one byte in the middle of every stored block.
 func rotBlocks(t *testing.T, path string) int {
+	return rotBlocksWhere(t, path, func(persist.BlockID) bool { return true })
+}
+
+// rotBlocksWhere flips one byte in the middle of the stored blocks that
+// match, through bbolt, as a failing disk would have.
+func rotBlocksWhere(t *testing.T, path string, match func(persist.BlockID) bool) int {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
@@ -100,7 +107,9 @@ func rotBlocks(t *testing.T, path string) int {
 		type kv struct{ k, v []byte }
 		var all []kv
 		b.ForEach(func(k, v []byte) error {
-			if len(v) > 0 {
+			var id persist.BlockID
+			copy(id[:], k)
+			if len(v) > 0 && match(id) {
 				all = append(all, kv{append([]byte{}, k...), append([]byte{}, v...)})
 			}
 			return nil
