@@ -7,6 +7,11 @@
 // acknowledged block. The store also records which cluster and block size the
 // data dir belongs to, so a dir is never mixed into another cluster.
 //
+// Every block also carries the time of its last Put, which a garbage
+// collector compares with a grace period (see PutTimes and DeleteIfOlder) so
+// that it never deletes a block that a write in progress has just uploaded
+// but not yet committed to the metadata.
+//
 // persist imports nothing of meshfs.
 package persist
 
@@ -14,6 +19,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -94,12 +100,21 @@ type Store struct {
 	// block; they are derived at Open and adjusted after each commit.
 	blocks atomic.Int64
 	bytes  atomic.Int64
+
+	// now is the clock put times are taken from; tests replace it to step
+	// past putTimeRefresh without sleeping.
+	now func() time.Time
 }
 
 // Bucket names and the file name, fixed because they are the on-disk format.
 var (
 	bucketBlocks   = []byte("blocks")
 	bucketIdentity = []byte("identity")
+	// bucketPutTimes maps a block id to the time of its last Put, in unix
+	// nanoseconds, 8 bytes big-endian. It is a bucket of its own, not a
+	// prefix of the block value, so that reading or refreshing a time never
+	// touches the block's (multi-MiB) pages.
+	bucketPutTimes = []byte("put_times")
 )
 
 const (
@@ -117,6 +132,16 @@ const (
 	// a read tx held open across slow callbacks would stop bbolt from
 	// remapping the file as it grows, stalling every writer.
 	listBatch = 1024
+	// putTimeRefresh is how stale a block's put time may get before a Put of
+	// the block already stored rewrites it. Rewriting on every such Put
+	// would turn the cheap read-only answer to replicas' re-sends into a
+	// commit and fsync; the price is that a put time may lag the real last
+	// Put by up to this much, which is why a collector's grace period must
+	// be much longer (see DeleteIfOlder).
+	putTimeRefresh = time.Minute
+	// backfillBatch bounds the put times that Open writes in one transaction
+	// for blocks stored before put times existed.
+	backfillBatch = 16 << 10
 )
 
 // Open opens (creating if needed) the store in dir (the file dir/blocks.db).
@@ -156,7 +181,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open data dir %s: %w", dir, err)
 	}
-	s := &Store{dir: dir, db: db, rf: rf}
+	s := &Store{dir: dir, db: db, rf: rf, now: time.Now}
 	if err := s.init(opts); err != nil {
 		rf.Close()
 		db.Close()
@@ -165,12 +190,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// init creates the buckets, checks or records the dir's identity and counts
-// the stored blocks.
+// init creates the buckets, checks or records the dir's identity, counts
+// the stored blocks and gives every block that has no put time one.
 func (s *Store) init(opts Options) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketBlocks); err != nil {
-			return fmt.Errorf("create bucket %s: %w", bucketBlocks, err)
+		for _, name := range [][]byte{bucketBlocks, bucketPutTimes} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
 		}
 		ib, err := tx.CreateBucketIfNotExists(bucketIdentity)
 		if err != nil {
@@ -186,26 +213,101 @@ func (s *Store) init(opts Options) error {
 	if err != nil {
 		return err
 	}
-	return s.db.View(func(tx *bolt.Tx) error {
+	var untimed [][]byte
+	err = s.db.View(func(tx *bolt.Tx) error {
 		var n, size int64
+		times := tx.Bucket(bucketPutTimes)
 		c := tx.Bucket(bucketBlocks).Cursor()
 		// Only lengths are read, so the walk touches each block's first page
 		// and never its content.
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			n++
 			size += int64(len(v))
+			if _, ok := decodePutTime(times.Get(k)); !ok {
+				untimed = append(untimed, bytes.Clone(k))
+			}
 		}
 		s.blocks.Store(n)
 		s.bytes.Store(size)
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return s.backfillPutTimes(untimed)
+}
+
+// backfillPutTimes records now as the put time of blocks that have none:
+// blocks stored before put times existed. Nobody knows when they were really
+// put, and a collector must not take them for old, so they count as put at
+// the moment the store is opened; from then on they age like any other.
+func (s *Store) backfillPutTimes(ids [][]byte) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	val := encodePutTime(s.now())
+	for len(ids) > 0 {
+		n := min(len(ids), backfillBatch)
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			times := tx.Bucket(bucketPutTimes)
+			for _, k := range ids[:n] {
+				if err := times.Put(k, val); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("record put times of %d blocks stored without one: %w", len(ids), err)
+		}
+		ids = ids[n:]
+	}
+	return nil
+}
+
+// encodePutTime is the stored form of a put time.
+func encodePutTime(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(t.UnixNano()))
+}
+
+// decodePutTime reads a stored put time; ok is false when v is missing or
+// malformed.
+func decodePutTime(v []byte) (t time.Time, ok bool) {
+	if len(v) != 8 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v))), true
+}
+
+// putTime returns the put time stored for key in times. A block without one
+// (which Open backfills, so only a damaged file has it) reads as put just
+// now: a missing time must never make a block look old to a collector.
+func (s *Store) putTime(times *bolt.Bucket, key []byte) time.Time {
+	if t, ok := decodePutTime(times.Get(key)); ok {
+		return t
+	}
+	return s.now()
+}
+
+// putTimeStale reports whether the put time stored in times for id is
+// missing or more than putTimeRefresh older than now, so a Put must rewrite it.
+func putTimeStale(times *bolt.Bucket, id BlockID, now time.Time) bool {
+	t, ok := decodePutTime(times.Get(id[:]))
+	return !ok || now.Sub(t) > putTimeRefresh
 }
 
 // Put stores data under id. It fails with ErrHashMismatch if Sum(data) != id
 // and ErrTooLarge past the block size, and returns only once the block is on
-// disk (concurrent Puts share one commit and fsync). Putting a block that is
-// already present is a cheap no-op. Put keeps no reference to data once it
-// returns, so the caller may reuse it.
+// disk (concurrent Puts share one commit and fsync). Put keeps no reference to
+// data once it returns, so the caller may reuse it.
+//
+// Put also records the time as the block's last put time, durably, before it
+// returns: a new write may reuse a block that no file references any more
+// (blocks are named by content), and the refreshed time is what keeps a
+// collector from deleting it before the write commits. Putting a block that
+// is already present is cheap: it only rewrites the put time when the stored
+// one is more than a minute (putTimeRefresh) old, so the put time may be up
+// to a minute older than the last Put.
 func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put block %s: %w", id, err)
@@ -220,17 +322,17 @@ func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 	// Replicas re-send blocks often; answering from a read tx skips the
 	// batch delay and the fsync. A stored copy that differs is corrupt (data
 	// was just verified), so it falls through and is rewritten.
-	var same bool
+	var fresh bool
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if v, ok := lookup(tx.Bucket(bucketBlocks), id); ok {
-			same = bytes.Equal(v, data)
+		if v, ok := lookup(tx.Bucket(bucketBlocks), id); ok && bytes.Equal(v, data) {
+			fresh = !putTimeStale(tx.Bucket(bucketPutTimes), id, s.now())
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("put block %s: %w", id, err)
 	}
-	if same {
+	if fresh {
 		return nil
 	}
 
@@ -239,16 +341,27 @@ func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 		// Batch may run this more than once; results only count from the
 		// last run, so start clean.
 		addBlocks, addBytes = 0, 0
-		b := tx.Bucket(bucketBlocks)
+		b, times := tx.Bucket(bucketBlocks), tx.Bucket(bucketPutTimes)
+		// The time is taken inside the tx, as close to the commit as
+		// possible, so that it is never earlier than need be.
+		now := s.now()
 		if old, ok := lookup(b, id); ok {
 			if bytes.Equal(old, data) {
-				return nil // a concurrent Put of the same block won
+				// Only the time needs refreshing, unless a concurrent Put
+				// of the same block already did.
+				if !putTimeStale(times, id, now) {
+					return nil
+				}
+				return times.Put(id[:], encodePutTime(now))
 			}
 			addBytes = int64(len(data) - len(old))
 		} else {
 			addBlocks, addBytes = 1, int64(len(data))
 		}
-		return b.Put(id[:], data)
+		if err := b.Put(id[:], data); err != nil {
+			return err
+		}
+		return times.Put(id[:], encodePutTime(now))
 	})
 	if err != nil {
 		return fmt.Errorf("put block %s: %w", id, err)
@@ -375,7 +488,7 @@ func (s *Store) Delete(ctx context.Context, id BlockID) error {
 			return nil
 		}
 		removed, size = 1, int64(len(v))
-		return b.Delete(id[:])
+		return deleteBlock(tx, id)
 	})
 	if err != nil {
 		return fmt.Errorf("delete block %s: %w", id, err)
@@ -385,20 +498,80 @@ func (s *Store) Delete(ctx context.Context, id BlockID) error {
 	return nil
 }
 
+// DeleteIfOlder deletes the block only if its last put time is before cutoff,
+// and reports whether it did; a missing block is not an error (false).
+//
+// It is the sweep of a garbage collector, which computes cutoff as now minus
+// its grace period. The time is checked and the block deleted in one write
+// transaction, so a Put that lands after the collector listed the block as
+// old (a new write reusing its content) saves it. The grace period must be
+// much longer than the minute by which Put lets a put time lag (use at least
+// 10 minutes), and longer than any write takes from uploading its blocks to
+// committing the metadata that references them.
+func (s *Store) DeleteIfOlder(ctx context.Context, id BlockID, cutoff time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("delete block %s if put before %s: %w", id, cutoff, err)
+	}
+	var removed, size int64
+	// Batch, as Delete does, so that a sweep of many blocks shares commits.
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		removed, size = 0, 0
+		v, ok := lookup(tx.Bucket(bucketBlocks), id)
+		if !ok || !s.putTime(tx.Bucket(bucketPutTimes), id[:]).Before(cutoff) {
+			return nil
+		}
+		removed, size = 1, int64(len(v))
+		return deleteBlock(tx, id)
+	})
+	if err != nil {
+		return false, fmt.Errorf("delete block %s if put before %s: %w", id, cutoff, err)
+	}
+	s.blocks.Add(-removed)
+	s.bytes.Add(-size)
+	return removed == 1, nil
+}
+
+// deleteBlock removes a block and its put time in tx.
+func deleteBlock(tx *bolt.Tx, id BlockID) error {
+	if err := tx.Bucket(bucketBlocks).Delete(id[:]); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketPutTimes).Delete(id[:])
+}
+
 // List calls fn for every stored block in id order, stopping at fn's first error.
 func (s *Store) List(ctx context.Context, fn func(id BlockID, size int) error) error {
+	return s.walk(ctx, "list blocks", false, func(id BlockID, size int, _ time.Time) error { return fn(id, size) })
+}
+
+// PutTimes calls fn for every stored block in id order with its size and the
+// time of its last Put (see Put for how far it may lag), stopping at fn's
+// first error. A garbage collector lists candidates with it and deletes them
+// with DeleteIfOlder, which checks the time again: a block may be put again
+// after PutTimes reported it. Blocks stored before put times were recorded
+// count as put when the store was first opened with put times.
+func (s *Store) PutTimes(ctx context.Context, fn func(id BlockID, size int, lastPut time.Time) error) error {
+	return s.walk(ctx, "list put times", true, fn)
+}
+
+// walk calls fn for every stored block in id order, with its put time when
+// withTimes is set (the zero time otherwise). fn's error comes back as is;
+// the store's own errors are wrapped with what.
+func (s *Store) walk(ctx context.Context, what string, withTimes bool, fn func(id BlockID, size int, lastPut time.Time) error) error {
 	type entry struct {
-		id   BlockID
-		size int
+		id      BlockID
+		size    int
+		lastPut time.Time
 	}
 	batch := make([]entry, 0, listBatch)
 	var after []byte // last key handed to fn; nil before the first batch
 	for {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("list blocks: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		batch = batch[:0]
 		err := s.db.View(func(tx *bolt.Tx) error {
+			times := tx.Bucket(bucketPutTimes)
 			c := tx.Bucket(bucketBlocks).Cursor()
 			var k, v []byte
 			if after == nil {
@@ -417,15 +590,18 @@ func (s *Store) List(ctx context.Context, fn func(id BlockID, size int) error) e
 				}
 				copy(e.id[:], k)
 				e.size = len(v)
+				if withTimes {
+					e.lastPut = s.putTime(times, k)
+				}
 				batch = append(batch, e)
 			}
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("list blocks: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		for _, e := range batch {
-			if err := fn(e.id, e.size); err != nil {
+			if err := fn(e.id, e.size, e.lastPut); err != nil {
 				return err
 			}
 		}

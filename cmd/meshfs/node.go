@@ -74,6 +74,8 @@ func runNode(args []string) error {
 	repairRate := fs.Float64("repair-rate", 100<<20, "bytes/s this node may send as repair and rebalance copies")
 	repairConcurrency := fs.Int("repair-concurrency", 4, "repair copies this node sends at once")
 	repairInterval := fs.Duration("repair-interval", 30*time.Second, "how often the node re-checks its blocks' copies without a membership change")
+	collectGrace := fs.Duration("collect-grace", time.Hour, "an unreferenced block is removed only when it was last stored longer ago than this (must exceed the longest write in progress)")
+	collectInterval := fs.Duration("collect-interval", 10*time.Minute, "how often the node removes blocks no file references")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -205,6 +207,13 @@ func runNode(args []string) error {
 		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
 	}, log.With("actor", "repair"))
 	sup.Start("repair", repairer)
+	if *collectGrace < 10*time.Minute {
+		log.Warn("--collect-grace below 10 minutes can remove blocks a write in progress still needs; use it for tests only", "collect_grace", *collectGrace)
+	}
+	refs := &metaRefs{members: members, token: secret.NATSToken(), name: state.Name, blockSize: state.BlockSize}
+	defer refs.Close()
+	collector := actors.NewCollector(store, refs, actors.CollectConfig{Grace: *collectGrace, Interval: *collectInterval}, log.With("actor", "collect"))
+	sup.Start("collect", collector)
 
 	srv := &http.Server{
 		Handler: blocknet.NewServer(blocknet.ServerConfig{
@@ -217,7 +226,7 @@ func runNode(args []string) error {
 			},
 			Suspect: scrubber.Check,
 			Actors: func() json.RawMessage {
-				b, _ := json.Marshal(nodeActors{Scrub: scrubber.Stats(), Repair: repairer.Stats(), Restarts: sup.Restarts()})
+				b, _ := json.Marshal(nodeActors{Scrub: scrubber.Stats(), Repair: repairer.Stats(), Collect: collector.Stats(), Restarts: sup.Restarts()})
 				return b
 			},
 		}),
@@ -249,9 +258,10 @@ func runNode(args []string) error {
 
 // nodeActors is the node's actors' state in /v1/stats, read by status.
 type nodeActors struct {
-	Scrub    actors.ScrubStats  `json:"scrub"`
-	Repair   actors.RepairStats `json:"repair"`
-	Restarts map[string]int64   `json:"restarts,omitempty"`
+	Scrub    actors.ScrubStats   `json:"scrub"`
+	Repair   actors.RepairStats  `json:"repair"`
+	Collect  actors.CollectStats `json:"collect"`
+	Restarts map[string]int64    `json:"restarts,omitempty"`
 }
 
 // fetcher gives the scrubber good copies from the mesh. Replicator.Read

@@ -46,15 +46,22 @@ type statusReport struct {
 	Replication int            `json:"replication"`
 	Members     []statusMember `json:"members"`
 	// Blocks counts distinct blocks on live nodes, Copies their copies.
-	Blocks                int          `json:"blocks"`
-	Copies                int64        `json:"copies"`
-	Bytes                 int64        `json:"bytes"` // bytes of all copies
-	UnderReplicatedBlocks int          `json:"under_replicated_blocks"`
-	UnderReplicatedBytes  int64        `json:"under_replicated_bytes"`
-	LostBlocks            int          `json:"lost_blocks"` // no live copy (their holders are down)
-	Repair                statusRepair `json:"repair"`
-	Scrub                 statusScrub  `json:"scrub"`
-	ActorRestarts         int64        `json:"actor_restarts"` // actors restarted after a panic, all nodes
+	Blocks                int           `json:"blocks"`
+	Copies                int64         `json:"copies"`
+	Bytes                 int64         `json:"bytes"` // bytes of all copies
+	UnderReplicatedBlocks int           `json:"under_replicated_blocks"`
+	UnderReplicatedBytes  int64         `json:"under_replicated_bytes"`
+	LostBlocks            int           `json:"lost_blocks"` // no live copy (their holders are down)
+	Repair                statusRepair  `json:"repair"`
+	Scrub                 statusScrub   `json:"scrub"`
+	Collect               statusCollect `json:"collect"`
+	ActorRestarts         int64         `json:"actor_restarts"` // actors restarted after a panic, all nodes
+}
+
+type statusCollect struct {
+	Collected      int64 `json:"collected"` // unreferenced copies removed, all nodes
+	CollectedBytes int64 `json:"collected_bytes"`
+	Failed         int64 `json:"failed"` // collections that could not read the metadata
 }
 
 func runStatus(args []string) error {
@@ -164,6 +171,9 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 					if rep.Scrub.Passes < 0 || na.Scrub.Passes < rep.Scrub.Passes {
 						rep.Scrub.Passes = na.Scrub.Passes
 					}
+					rep.Collect.Collected += na.Collect.Collected
+					rep.Collect.CollectedBytes += na.Collect.CollectedB
+					rep.Collect.Failed += na.Collect.Failed
 					for _, n := range na.Restarts {
 						rep.ActorRestarts += n
 					}
@@ -217,6 +227,7 @@ func printStatus(w io.Writer, rep statusReport, bars bool) {
 	fmt.Fprintf(w, "repair: %.1f MiB/s, ETA %s, %d bytes copied so far\n", rep.Repair.RateBytes/(1<<20), eta, rep.Repair.CopiedBytes)
 	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d, repaired %d\n",
 		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.Repaired)
+	fmt.Fprintf(w, "collect: %d unreferenced copies removed (%d bytes)\n", rep.Collect.Collected, rep.Collect.CollectedBytes)
 	if rep.ActorRestarts > 0 {
 		fmt.Fprintf(w, "actors restarted after a panic: %d (see the nodes' logs)\n", rep.ActorRestarts)
 	}

@@ -2,8 +2,11 @@ package meta
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"syscall"
+
+	"github.com/meshfs/meshfs/persist"
 )
 
 // The block map keeps one invariant that truncation and reclaim rely on: a
@@ -294,4 +297,41 @@ func (s *Store) reclaim(ctx context.Context, ino Ino) error {
 		t.remove(e)
 		return nil
 	})
+}
+
+// referencedBlocks reads every block-map chunk (the b.<ino>.<chunk> keys) and
+// calls fn for each slot's block. fn's error comes back as is, the store's
+// own wrapped.
+func (s *Store) referencedBlocks(ctx context.Context, fn func(id persist.BlockID) error) error {
+	const filter = "b.>"
+	var bad, fnErr error
+	err := s.scan(ctx, filter, func(key string, val []byte, _ uint64) bool {
+		var c chunkRec
+		if err := json.Unmarshal(val, &c); err != nil {
+			bad = fmt.Errorf("decode %s: %w", key, err)
+			return false
+		}
+		for slot, sr := range c {
+			ref, err := sr.ref()
+			if err != nil {
+				bad = fmt.Errorf("decode %s slot %d: %w", key, slot, err)
+				return false
+			}
+			if err := fn(ref.ID); err != nil {
+				fnErr = err
+				return false
+			}
+		}
+		return true
+	})
+	switch {
+	case fnErr != nil:
+		return fnErr
+	case err == nil:
+		err = bad
+	}
+	if err != nil {
+		return fmt.Errorf("referenced blocks: %w", err)
+	}
+	return nil
 }

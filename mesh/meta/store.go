@@ -364,6 +364,44 @@ func (s *Store) CommitWrite(ctx context.Context, ino Ino, slots map[int64]BlockR
 	return a, nil
 }
 
+// scanTimeout bounds ReferencedBlocks when its caller gives no deadline: it
+// reads the whole block map, which OpTimeout (meant for one operation on a
+// few keys) would cut short on a large file system.
+const scanTimeout = 5 * time.Minute
+
+// ReferencedBlocks calls fn with the id of every block that a file's block
+// map references, an id once per slot that holds it (so possibly more than
+// once), in no particular order. It stops at fn's first error and returns it
+// as is. fn runs while the scan is in flight and should be quick, such as
+// adding the id to a set.
+//
+// It is the mark phase of the block garbage collector. Files whose nlink is
+// 0 but that are not reclaimed yet (still open somewhere) keep their blocks
+// and are included; reclaimed files and slots cut off by truncation are not.
+// An error decoding any block-map record fails the whole call, since a
+// collector that sweeps after a partial mark would delete live blocks.
+//
+// The scan is not a snapshot: it reads each key's latest value as of the
+// start of the scan, and references committed while it runs or after it may
+// be missed. The collector relies on its grace period for those: a write puts
+// its blocks (which refreshes their put time) before it commits the block map
+// that references them, so blocks put within the grace period before the
+// sweep are never deleted. A commit that references a block without putting
+// it within that period is not protected.
+//
+// Without a deadline on ctx the call gets one of 5 minutes, not OpTimeout.
+func (s *Store) ReferencedBlocks(ctx context.Context, fn func(id persist.BlockID) error) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, scanTimeout)
+		defer cancel()
+	}
+	return s.referencedBlocks(ctx, fn)
+}
+
 // GetXattr returns the value of an extended attribute (ENODATA if unset).
 func (s *Store) GetXattr(ctx context.Context, ino Ino, name string) ([]byte, error) {
 	ctx, cancel, err := s.opCtx(ctx)

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/meshfs/meshfs/mesh"
+	"github.com/meshfs/meshfs/mesh/meta"
+	"github.com/meshfs/meshfs/mesh/natsd"
+	"github.com/meshfs/meshfs/persist"
+	"github.com/nats-io/nats.go"
+)
+
+// metaRefs gives a node's collector the metadata's referenced blocks. It
+// connects to the metadata home (learned through gossip) when first asked,
+// and again after a failure.
+type metaRefs struct {
+	members   *mesh.Membership
+	token     string
+	name      string
+	blockSize int
+
+	mu    sync.Mutex
+	nc    *nats.Conn
+	store *meta.Store
+}
+
+func (r *metaRefs) ReferencedBlocks(ctx context.Context, fn func(id persist.BlockID) error) error {
+	s, err := r.open(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.ReferencedBlocks(ctx, fn); err != nil {
+		r.Close() // reconnect next time, perhaps to a new home
+		return err
+	}
+	return nil
+}
+
+func (r *metaRefs) open(ctx context.Context) (*meta.Store, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.store != nil {
+		return r.store, nil
+	}
+	var url string
+	for _, m := range r.members.Members() {
+		if m.MetaHome && m.Live() {
+			url = "nats://" + m.NATS
+		}
+	}
+	if url == "" {
+		return nil, fmt.Errorf("no live node holds the metadata")
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	nc, err := natsd.Connect(cctx, []string{url}, r.token, "meshfs node "+r.name+" collector")
+	if err != nil {
+		return nil, err
+	}
+	s, err := meta.Open(cctx, nc, meta.Options{BlockSize: r.blockSize})
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("open metadata: %w", err)
+	}
+	r.nc, r.store = nc, s
+	return s, nil
+}
+
+// Close drops the metadata connection.
+func (r *metaRefs) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.store != nil {
+		r.store.Close()
+		r.nc.Close()
+		r.store, r.nc = nil, nil
+	}
+}
