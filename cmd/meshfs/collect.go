@@ -45,14 +45,9 @@ func (r *metaRefs) open(ctx context.Context) (*meta.Store, error) {
 	if r.store != nil {
 		return r.store, nil
 	}
-	var url string
-	for _, m := range r.members.Members() {
-		if m.MetaHome && m.Live() {
-			url = "nats://" + m.NATS
-		}
-	}
-	if url == "" {
-		return nil, fmt.Errorf("no live node holds the metadata")
+	url, err := metaHomeURL(r.members.Members())
+	if err != nil {
+		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -60,7 +55,9 @@ func (r *metaRefs) open(ctx context.Context) (*meta.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := meta.Open(cctx, nc, meta.Options{BlockSize: r.blockSize})
+	// MustExist: marking against a bucket created here, empty, would
+	// condemn every block.
+	s, err := meta.Open(cctx, nc, meta.Options{BlockSize: r.blockSize, MustExist: true})
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("open metadata: %w", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshfs/meshfs/fuse"
+	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/mesh/blocknet"
 	"github.com/meshfs/meshfs/mesh/meta"
 	"github.com/meshfs/meshfs/mesh/natsd"
@@ -123,20 +124,41 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 	return m, nil
 }
 
-// metaHome finds the NATS server that holds the metadata.
+// metaHome finds the NATS server that holds the metadata, waiting for the
+// view to show it.
 func metaHome(ctx context.Context, view *blocknet.ClusterView) (string, error) {
 	for {
-		for _, m := range view.Members() {
-			if m.MetaHome && m.Live() {
-				return "nats://" + m.NATS, nil
-			}
+		url, err := metaHomeURL(view.Members())
+		if err == nil {
+			return url, nil
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("find the metadata server: no live node of the mesh holds it (members: %d)", len(view.Members()))
+			return "", fmt.Errorf("find the metadata server: %w", err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// metaHomeURL picks the live node that holds the metadata. Mounts and
+// collectors must agree on it, and a mesh where two nodes claim it (two
+// meshes joined by hand) is refused rather than guessed at.
+func metaHomeURL(members []mesh.Member) (string, error) {
+	var homes []mesh.Member
+	for _, m := range members {
+		if m.MetaHome {
+			homes = append(homes, m)
+		}
+	}
+	switch {
+	case len(homes) > 1:
+		return "", fmt.Errorf("nodes %s and %s both claim to hold the metadata; start every node but the first with --join", homes[0].Name, homes[1].Name)
+	case len(homes) == 0:
+		return "", fmt.Errorf("no node of the mesh (%d members) holds the metadata", len(members))
+	case !homes[0].Live():
+		return "", fmt.Errorf("node %s, which holds the metadata, is %s", homes[0].Name, homes[0].State)
+	}
+	return "nats://" + homes[0].NATS, nil
 }
 
 // Close unmounts and releases everything; safe on a half-built mount.

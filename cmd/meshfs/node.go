@@ -74,7 +74,7 @@ func runNode(args []string) error {
 	repairRate := fs.Float64("repair-rate", 100<<20, "bytes/s this node may send as repair and rebalance copies")
 	repairConcurrency := fs.Int("repair-concurrency", 4, "repair copies this node sends at once")
 	repairInterval := fs.Duration("repair-interval", 30*time.Second, "how often the node re-checks its blocks' copies without a membership change")
-	collectGrace := fs.Duration("collect-grace", time.Hour, "an unreferenced block is removed only when it was last stored longer ago than this (must exceed the longest write in progress)")
+	collectGrace := fs.Duration("collect-grace", 24*time.Hour, "an unreferenced block is removed only when it was last stored longer ago than this (must exceed the longest write in progress)")
 	collectInterval := fs.Duration("collect-interval", 10*time.Minute, "how often the node removes blocks no file references")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pos, err := parseFlags(fs, args)

@@ -25,6 +25,7 @@ type fakeStore struct {
 	blocks  map[persist.BlockID][]byte
 	maxSize int   // > 0: Put refuses larger blocks with ErrTooLarge
 	putErr  error // returned by every Put when set (ENOSPC, I/O errors)
+	hang    bool  // Put blocks until its context ends (a stopped node, a stalled disk)
 	// listFail makes List fail after listErrAfter entries.
 	listFail     bool
 	listErrAfter int
@@ -34,6 +35,13 @@ type fakeStore struct {
 func newFakeStore() *fakeStore { return &fakeStore{blocks: make(map[persist.BlockID][]byte)} }
 
 func (s *fakeStore) Put(ctx context.Context, id persist.BlockID, data []byte) error {
+	s.mu.Lock()
+	hang := s.hang
+	s.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	if persist.Sum(data) != id {
 		return fmt.Errorf("put block %s: %w", id, persist.ErrHashMismatch)
 	}

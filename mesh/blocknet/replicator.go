@@ -17,9 +17,10 @@ const maxReadAttempt = 5 * time.Second
 
 // Replicator stores and fetches blocks on the mesh.
 type Replicator struct {
-	c       *Client
-	members func() []mesh.Member
-	r       int
+	c          *Client
+	members    func() []mesh.Member
+	r          int
+	putTimeout time.Duration // per attempt: a 4 MiB put takes well under a second on a healthy node
 }
 
 // NewReplicator uses members() for the current membership at each call and
@@ -31,7 +32,7 @@ func NewReplicator(c *Client, members func() []mesh.Member, r int) *Replicator {
 		slog.Warn("replicator: replication factor below 1, using 1", "r", r)
 		r = 1
 	}
-	return &Replicator{c: c, members: members, r: r}
+	return &Replicator{c: c, members: members, r: r, putTimeout: 15 * time.Second}
 }
 
 // majority is the least number of copies a write may settle for.
@@ -39,9 +40,10 @@ func (r *Replicator) majority() int { return r.r/2 + 1 }
 
 // Write stores data (at most one block) on r distinct live nodes, trying the
 // owners in placement order in parallel and moving down the order past nodes
-// that fail. It returns once r nodes hold the block; with fewer than r live
-// nodes it accepts a majority of r (r/2+1) copies, and otherwise fails with
-// an error wrapping mesh.ErrNotEnoughNodes.
+// that fail or do not answer within the per-attempt deadline. It returns
+// once r nodes hold the block. When every live node was tried, or ctx ended,
+// a majority of r (r/2+1) copies is accepted (repair adds the rest); fewer
+// fail with an error wrapping mesh.ErrNotEnoughNodes (or ctx's error).
 func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, error) {
 	id := persist.Sum(data)
 	var live []mesh.Member
@@ -69,7 +71,14 @@ func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, e
 	start := func() {
 		m := live[next]
 		next++
-		go func() { results <- result{m, r.c.Put(ctx, m.HTTP, id, data)} }()
+		go func() {
+			// Each attempt has its own deadline: a node that hangs (stopped,
+			// a stalled disk, not yet serving) is passed over like a dead
+			// one instead of holding the whole write until its deadline.
+			pctx, cancel := context.WithTimeout(ctx, r.putTimeout)
+			defer cancel()
+			results <- result{m, r.c.Put(pctx, m.HTTP, id, data)}
+		}()
 	}
 	for next < want {
 		start()
@@ -103,19 +112,19 @@ func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, e
 	switch {
 	case stored == want:
 		return id, nil
+	case stored >= r.majority() && !permanent:
+		// Degraded: every live node in placement order was tried (or the
+		// caller's deadline came) and a majority of copies is held. This
+		// covers fewer live nodes than copies, and a node that died or
+		// hangs but is not yet declared dead (it is down for this writer
+		// all the same). Repair brings the block back to r copies.
+		slog.Warn("block written with fewer copies than wanted",
+			"block", id, "copies", stored, "r", r.r, "live", len(live), "errs", errors.Join(errs...))
+		return id, nil
 	case ctx.Err() != nil:
 		return persist.BlockID{}, fmt.Errorf("write block %s: %d of %d copies stored: %w", id, stored, want, ctx.Err())
 	case permanent:
 		return persist.BlockID{}, fmt.Errorf("write block %s: %w", id, errors.Join(errs...))
-	case stored >= r.majority():
-		// Degraded: every live node in placement order was tried and a
-		// majority of copies is held. This covers fewer live nodes than
-		// copies, and a node that died but is not yet declared dead (it
-		// is down for this writer all the same). Repair brings the block
-		// back to r copies.
-		slog.Warn("block written with fewer copies than wanted",
-			"block", id, "copies", stored, "r", r.r, "live", len(live), "errs", errors.Join(errs...))
-		return id, nil
 	default:
 		return persist.BlockID{}, fmt.Errorf("write block %s: %d of %d copies stored on %d live nodes: %w\n%w",
 			id, stored, want, len(live), mesh.ErrNotEnoughNodes, errors.Join(errs...))

@@ -311,3 +311,46 @@ func BenchmarkReplicatorWrite4MiB(b *testing.B) {
 		}
 	}
 }
+
+// TestReplicatorWriteHungOwner: an owner that accepts the connection but
+// never answers (alive in gossip) is passed over after the per-attempt
+// deadline, and the copy goes to the next node in placement order.
+func TestReplicatorWriteHungOwner(t *testing.T) {
+	m := newTestMesh(t, 5)
+	r := NewReplicator(m.client, m.Members, 3)
+	r.putTimeout = 300 * time.Millisecond
+	data := randomBlock(t, 1000)
+	id := persist.Sum(data)
+	order := mesh.Placement{}.Order(id, m.Members())
+	m.node(order[0].Name).store.set(func(s *fakeStore) { s.hang = true })
+	start := time.Now()
+	if _, err := r.Write(context.Background(), data); err != nil {
+		t.Fatalf("Write with a hung first owner: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Write took %v with a hung owner", took)
+	}
+	got := m.holders(id)
+	want := []string{order[1].Name, order[2].Name, order[3].Name}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("copies on %v, want the next three in order %v", got, want)
+	}
+}
+
+// TestReplicatorWriteDeadlineWithMajority: when the caller's deadline ends
+// a write that already holds a majority of copies, the write stands.
+func TestReplicatorWriteDeadlineWithMajority(t *testing.T) {
+	m := newTestMesh(t, 3)
+	r := NewReplicator(m.client, m.Members, 3)
+	data := randomBlock(t, 1000)
+	id := persist.Sum(data)
+	order := mesh.Placement{}.Order(id, m.Members())
+	m.node(order[2].Name).store.set(func(s *fakeStore) { s.hang = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := r.Write(ctx, data); err != nil {
+		t.Fatalf("Write holding 2 of 3 copies when its deadline came: %v", err)
+	}
+}

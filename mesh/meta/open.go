@@ -55,6 +55,12 @@ func openStore(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error)
 		maxBatch:       defaultMaxBatchSize,
 		locks:          newInoLocks(),
 	}
+	if opts.MustExist {
+		if _, err := s.GetAttr(ctx, RootIno); err != nil {
+			return nil, fmt.Errorf("open metadata bucket %q: root directory: %w (%w)", opts.Bucket, err, ErrNoFileSystem)
+		}
+		return s, nil
+	}
 	if err := s.ensureRoot(ctx); err != nil {
 		return nil, fmt.Errorf("open metadata bucket %q: %w", opts.Bucket, err)
 	}
@@ -65,6 +71,9 @@ func openStore(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error)
 // stream takes atomic batches.
 func bindBucket(ctx context.Context, js jetstream.JetStream, opts Options) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, opts.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && opts.MustExist {
+		return nil, fmt.Errorf("bind: %w", ErrNoFileSystem)
+	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:   opts.Bucket,

@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"testing"
 	"time"
@@ -91,5 +92,23 @@ func TestScansLeaveNoGoroutines(t *testing.T) {
 			t.Fatalf("%d goroutines after scans, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestOpenMustExistCreatesNothing(t *testing.T) {
+	nc := connect(t)
+	_, err := Open(context.Background(), nc, Options{Bucket: "must_exist_test", BlockSize: 4096, MustExist: true})
+	if !errors.Is(err, ErrNoFileSystem) {
+		t.Fatalf("Open(MustExist) of a missing bucket: %v, want ErrNoFileSystem", err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, err := js.KeyValue(context.Background(), "must_exist_test"); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("Open(MustExist) created the bucket: %v", err)
+	}
+	if _, err := Open(context.Background(), nc, Options{Bucket: "must_exist_test", BlockSize: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(context.Background(), nc, Options{Bucket: "must_exist_test", BlockSize: 4096, MustExist: true}); err != nil {
+		t.Fatalf("Open(MustExist) of an existing file system: %v", err)
 	}
 }

@@ -91,7 +91,16 @@ type Options struct {
 	// OpTimeout bounds each metadata call that has no earlier deadline of
 	// its own; default 5 s.
 	OpTimeout time.Duration
+	// MustExist makes Open fail with ErrNoFileSystem instead of creating
+	// the bucket or the root directory. A block collector opens this way:
+	// marking against a freshly created, empty file system would condemn
+	// every block.
+	MustExist bool
 }
+
+// ErrNoFileSystem is returned by Open with MustExist when the bucket or its
+// root directory does not exist.
+var ErrNoFileSystem = errors.New("no meshfs file system in this metadata store")
 
 // Store is the metadata of one file system. It is safe for concurrent use by
 // many goroutines, and several Stores (one per mount) may share one bucket.
