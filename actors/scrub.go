@@ -65,6 +65,10 @@ type Scrubber struct {
 
 	mu    sync.Mutex
 	stats ScrubStats
+	// failed remembers blocks that could not be repaired, so reports of
+	// them (two nodes with bad copies report each other) do not loop; the
+	// regular pass still tries them once per pass.
+	failed map[persist.BlockID]time.Time
 }
 
 // NewScrubber returns a scrubber; run it with Run.
@@ -84,7 +88,7 @@ func NewScrubber(store ScrubStore, copies GoodCopies, cfg ScrubConfig, log *slog
 	if cfg.Pause <= 0 {
 		cfg.Pause = max(cfg.Period/10, time.Second)
 	}
-	return &Scrubber{store: store, copies: copies, cfg: cfg, log: log, urgent: make(chan persist.BlockID, 1024)}
+	return &Scrubber{store: store, copies: copies, cfg: cfg, log: log, urgent: make(chan persist.BlockID, 1024), failed: map[persist.BlockID]time.Time{}}
 }
 
 // Check asks for one block to be verified soon, ahead of the pass (a
@@ -130,9 +134,21 @@ func (s *Scrubber) wait(ctx context.Context, d time.Duration) error {
 		case <-timer.C:
 			return nil
 		case id := <-s.urgent:
-			s.verify(ctx, id)
+			s.verifyUrgent(ctx, id)
 		}
 	}
+}
+
+// verifyUrgent verifies a reported block, unless it could not be repaired
+// within the last minute.
+func (s *Scrubber) verifyUrgent(ctx context.Context, id persist.BlockID) {
+	s.mu.Lock()
+	at, failed := s.failed[id]
+	s.mu.Unlock()
+	if failed && time.Since(at) < time.Minute {
+		return
+	}
+	s.verify(ctx, id)
 }
 
 func (s *Scrubber) pass(ctx context.Context) error {
@@ -162,7 +178,7 @@ func (s *Scrubber) pass(ctx context.Context) error {
 			// Serve urgent checks first; then wait for the pace.
 			select {
 			case id := <-s.urgent:
-				s.verify(ctx, id)
+				s.verifyUrgent(ctx, id)
 				continue
 			default:
 			}
@@ -207,16 +223,20 @@ func (s *Scrubber) verify(ctx context.Context, id persist.BlockID) {
 	fctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	good, err := s.copies.Fetch(fctx, id)
-	if err != nil {
-		s.log.Error("scrub: no good copy to repair from", "block", id, "err", err)
-		return
-	}
-	if err := s.store.Put(fctx, id, good); err != nil {
-		s.log.Error("scrub: replace corrupt copy", "block", id, "err", err)
-		return
+	if err == nil {
+		err = s.store.Put(fctx, id, good)
 	}
 	s.mu.Lock()
-	s.stats.Repaired++
+	if err != nil {
+		s.failed[id] = time.Now()
+	} else {
+		delete(s.failed, id)
+		s.stats.Repaired++
+	}
 	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("scrub: could not replace corrupt copy", "block", id, "err", err)
+		return
+	}
 	s.log.Info("scrub: corrupt copy replaced", "block", id)
 }

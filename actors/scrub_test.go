@@ -170,3 +170,43 @@ func TestScrubPacesItself(t *testing.T) {
 		t.Fatalf("checked %d blocks in 0.8s at 1 MiB/s (256 KiB each): pacing is off", got)
 	}
 }
+
+// TestScrubUnrepairableBlockDoesNotLoop: with no good copy anywhere,
+// repeated reports of the block cost one attempt a minute, not a loop.
+func TestScrubUnrepairableBlockDoesNotLoop(t *testing.T) {
+	dir := t.TempDir()
+	s, blocks := storeWithBlocks(t, dir, 1, 1<<10)
+	var bad persist.BlockID
+	for id := range blocks {
+		bad = id
+	}
+	s.Close()
+	rot(t, dir, []persist.BlockID{bad})
+	s, err := persist.Open(dir, persist.Options{ClusterID: "c", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	good := &goodCopies{blocks: map[persist.BlockID][]byte{}} // nobody has it
+	sc := NewScrubber(s, good, ScrubConfig{Period: time.Hour, Pause: time.Hour}, quietLog())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { sc.Run(ctx); close(done) }()
+	for i := 0; i < 200; i++ {
+		sc.Check(bad)
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	<-done
+	good.mu.Lock()
+	asked := good.asked
+	good.mu.Unlock()
+	// One try from the pass and none from the 200 reports within the minute.
+	if asked > 2 {
+		t.Fatalf("an unrepairable block was fetched %d times for 200 reports", asked)
+	}
+	if st := sc.Stats(); st.Repaired != 0 || st.Corrupt < 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -197,10 +198,14 @@ func runNode(args []string) error {
 	}
 
 	client := blocknet.NewClient(secret.BlockKey(), time.Minute)
-	peers := blocknet.NewReplicator(client, members.Members, state.Replicas)
 	sup := actors.NewSupervisor(ctx, log)
 	defer sup.Close()
-	scrubber := actors.NewScrubber(store, fetcher{peers}, actors.ScrubConfig{Period: *scrubPeriod, MaxRate: *scrubRate}, log.With("actor", "scrub"))
+	// Good copies come from the other nodes only: reading our own corrupt
+	// copy would report it to ourselves, over and over.
+	others := blocknet.NewReplicator(client, func() []mesh.Member {
+		return slices.DeleteFunc(members.Members(), func(m mesh.Member) bool { return m.Name == state.Name })
+	}, state.Replicas)
+	scrubber := actors.NewScrubber(store, fetcher{others}, actors.ScrubConfig{Period: *scrubPeriod, MaxRate: *scrubRate}, log.With("actor", "scrub"))
 	sup.Start("scrub", scrubber)
 	repairer := actors.NewRepairer(store, client, members, actors.RepairConfig{
 		Self: state.Name, Replicas: state.Replicas, RepairDelay: *repairDelay,
