@@ -53,6 +53,14 @@ type RepairConfig struct {
 	// Interval is how often the mesh is re-planned without any event;
 	// default 30 s. Membership changes re-plan at once.
 	Interval time.Duration
+	// Fetch, if set, gets a verified copy from another node; the source of
+	// a copy uses it when its own copy cannot be read, so a bad copy on the
+	// planned source does not stall the block's repair (every node plans
+	// the same source, so no other node would step in).
+	Fetch func(ctx context.Context, id persist.BlockID) ([]byte, error)
+	// Suspect, if set, is told of a local copy that could not be read (the
+	// scrubber's Check, which replaces it).
+	Suspect func(id persist.BlockID)
 }
 
 // RepairStats is what the repair actor reports.
@@ -331,9 +339,16 @@ func (r *Repairer) copyOne(ctx context.Context, to string, c Copy) error {
 	defer cancel()
 	data, err := r.local.Get(cctx, c.Block)
 	if err != nil {
-		// A corrupt local copy is the scrubber's to replace; another
-		// holder will be the source next round if this one stays bad.
-		return fmt.Errorf("read own copy of block %s: %w", c.Block, err)
+		if r.cfg.Suspect != nil {
+			r.cfg.Suspect(c.Block)
+		}
+		if r.cfg.Fetch == nil {
+			return fmt.Errorf("read own copy of block %s: %w", c.Block, err)
+		}
+		r.log.Warn("repair: own copy unreadable; sending one from another node", "block", c.Block, "err", err)
+		if data, err = r.cfg.Fetch(cctx, c.Block); err != nil {
+			return fmt.Errorf("own copy of block %s unreadable, and no other: %w", c.Block, err)
+		}
 	}
 	if err := r.peers.Put(cctx, to, c.Block, data); err != nil {
 		return fmt.Errorf("copy block %s to %s: %w", c.Block, c.To, err)

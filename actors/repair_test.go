@@ -17,6 +17,7 @@ import (
 type memStore struct {
 	mu     sync.Mutex
 	blocks map[persist.BlockID][]byte
+	badGet bool // every Get fails, as from a failing disk
 }
 
 func (s *memStore) List(ctx context.Context, fn func(persist.BlockID, int) error) error {
@@ -38,6 +39,9 @@ func (s *memStore) List(ctx context.Context, fn func(persist.BlockID, int) error
 func (s *memStore) Get(ctx context.Context, id persist.BlockID) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.badGet {
+		return nil, fmt.Errorf("read block %s: input/output error", id)
+	}
 	b, ok := s.blocks[id]
 	if !ok {
 		return nil, persist.ErrNotFound
@@ -286,4 +290,37 @@ func TestRepairLastCopyIsCopiedAtOnce(t *testing.T) {
 			t.Fatalf("block %s has %d live copies after a round: its last copy was not copied at once", id, copies[id])
 		}
 	}
+}
+
+// TestRepairSourceWithUnreadableCopy: the node every planner names as the
+// source of a block cannot read its own copy; it sends one fetched from
+// another node instead, so the block is not stuck below R.
+func TestRepairSourceWithUnreadableCopy(t *testing.T) {
+	const r = 3
+	m, ids := newMemMesh(t, 5, 200, r)
+	m.round(t, r, time.Hour, ids)
+	m.stores["n3"].mu.Lock()
+	m.stores["n3"].badGet = true
+	m.stores["n3"].mu.Unlock()
+	var mu sync.Mutex
+	suspects := 0
+	fetch := func(ctx context.Context, id persist.BlockID) ([]byte, error) {
+		for _, mem := range m.Members() {
+			if mem.Name != "n3" && mem.Live() {
+				if b, err := m.stores[mem.Name].Get(ctx, id); err == nil {
+					return b, nil
+				}
+			}
+		}
+		return nil, persist.ErrNotFound
+	}
+	m.repairers["n3"] = NewRepairer(m.stores["n3"], m, m, RepairConfig{Self: "n3", Replicas: r, RepairDelay: time.Hour, Rate: 1 << 40,
+		Fetch: fetch, Suspect: func(persist.BlockID) { mu.Lock(); suspects++; mu.Unlock() }}, quietLog())
+	m.setState("n1", mesh.StateDead, time.Now().Add(-2*time.Hour))
+	m.round(t, r, time.Hour, ids)
+	m.checkOnOwners(t, r, ids)
+	if suspects == 0 {
+		t.Fatal("n3 was never the source of a copy: the test tests nothing")
+	}
+	t.Logf("n3 sourced %d copies from other nodes and reported its own copies", suspects)
 }

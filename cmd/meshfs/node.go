@@ -210,6 +210,7 @@ func runNode(args []string) error {
 	repairer := actors.NewRepairer(store, client, members, actors.RepairConfig{
 		Self: state.Name, Replicas: state.Replicas, RepairDelay: *repairDelay,
 		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
+		Fetch: others.Read, Suspect: scrubber.Check,
 	}, log.With("actor", "repair"))
 	sup.Start("repair", repairer)
 	if *collectGrace < 10*time.Minute {
