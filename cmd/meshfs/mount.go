@@ -54,7 +54,14 @@ func runMount(args []string) error {
 	}
 	fmt.Printf("meshfs mounted at %s (cluster %s, %d nodes, %d copies of each block); Ctrl-C unmounts\n",
 		pos[0], m.view.Info().ClusterID, len(m.view.Members()), m.view.Info().Replication)
-	<-ctx.Done()
+	unmounted := make(chan struct{})
+	go func() { m.fs.Wait(); close(unmounted) }()
+	select {
+	case <-ctx.Done():
+	case <-unmounted:
+		fmt.Printf("%s was unmounted; exiting\n", pos[0])
+		m.gone = true
+	}
 	return m.Close()
 }
 
@@ -69,6 +76,7 @@ type mountConfig struct {
 
 // meshMount is a mounted meshfs and everything it holds open.
 type meshMount struct {
+	gone  bool // unmounted from outside (umount); nothing left to unmount
 	fs    *fuse.FS
 	view  *blocknet.ClusterView
 	store *meta.Store
@@ -164,8 +172,22 @@ func metaHomeURL(members []mesh.Member) (string, error) {
 // Close unmounts and releases everything; safe on a half-built mount.
 func (m *meshMount) Close() error {
 	var err error
-	if m.fs != nil {
-		err = m.fs.Unmount()
+	if m.fs != nil && !m.gone {
+		// A busy mount (a shell cd'd into it, a file open) refuses to
+		// unmount; tearing down under it would leave a dead mount and lose
+		// unflushed data, so keep serving and try again for a while.
+		for try := 0; ; try++ {
+			if err = m.fs.Unmount(); err == nil || try == 30 {
+				break
+			}
+			if try == 0 {
+				fmt.Fprintf(os.Stderr, "meshfs: cannot unmount yet (%v); close the files open under it\n", err)
+			}
+			time.Sleep(time.Second)
+		}
+		if err != nil {
+			return fmt.Errorf("unmount: %w (still mounted; the mount is being served until this process ends)", err)
+		}
 	}
 	if m.store != nil {
 		m.store.Close()

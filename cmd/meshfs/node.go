@@ -256,6 +256,9 @@ func runNode(args []string) error {
 	case err := <-serveErr:
 		return fmt.Errorf("block API server: %w", err)
 	}
+	// Leave first, so peers and clients stop sending here while requests
+	// in flight still finish.
+	members.Leave(2 * time.Second)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)

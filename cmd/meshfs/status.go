@@ -139,6 +139,7 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 	rep := statusReport{ClusterID: info.ClusterID, BlockSize: info.BlockSize, Replication: info.Replication}
 	copies := map[persist.BlockID]*actors.BlockCopies{}
 	var passBlocks, passChecked int64
+	waiting := 0
 	rep.Scrub.Passes = -1
 	for _, m := range info.Members {
 		sm := statusMember{Name: m.Name, State: string(m.State), Zone: m.Zone, HTTP: m.HTTP}
@@ -162,6 +163,9 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 			if st, err := client.Stats(ctx, m.HTTP); err == nil && len(st.Actors) > 0 {
 				var na nodeActors
 				if json.Unmarshal(st.Actors, &na) == nil {
+					// Each node counts the waiting copies of the blocks it
+					// holds; the largest count is a floor for the mesh's.
+					waiting = max(waiting, na.Repair.Waiting)
 					rep.Repair.RateBytes += na.Repair.RateBytes
 					rep.Repair.CopiedBytes += na.Repair.CopiedBytes
 					rep.Scrub.Corrupt += na.Scrub.Corrupt
@@ -189,7 +193,7 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 	plan := actors.Planner{Replicas: info.Replication}.Plan(time.Now(), info.Members, blocks)
 	rep.Blocks = len(blocks)
 	rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks = plan.UnderReplicated, plan.UnderReplicatedBytes, len(plan.Lost)
-	rep.Repair.Waiting = plan.Waiting
+	rep.Repair.Waiting = waiting
 	rep.Repair.ETASeconds = -1
 	if rep.UnderReplicatedBytes == 0 {
 		rep.Repair.ETASeconds = 0

@@ -60,6 +60,9 @@ func runUp(args []string) error {
 	if *nodes < 1 || *nodes > 64 {
 		return usagef("--nodes %d: want 1 to 64", *nodes)
 	}
+	if *replicas > *nodes {
+		return usagef("--replicas %d is more than --nodes %d: every write would run degraded", *replicas, *nodes)
+	}
 	log, err := newLogger(os.Stderr, *logLevel)
 	if err != nil {
 		return err
