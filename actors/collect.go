@@ -65,6 +65,20 @@ type Collector struct {
 
 	mu    sync.Mutex
 	stats CollectStats
+	// garbage is what the last mark found unreferenced and past the grace
+	// here (deleted or not); repair asks, so that it does not copy back a
+	// block that another node's collector has just removed.
+	garbage map[persist.BlockID]bool
+}
+
+// IsGarbage reports whether the last collection found the block
+// unreferenced and older than the grace period. Repair skips such blocks:
+// re-replicating them would refresh their put time on the receiver and
+// keep garbage alive for another grace period.
+func (c *Collector) IsGarbage(id persist.BlockID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.garbage[id]
 }
 
 // NewCollector returns a collector; run it with Run.
@@ -140,6 +154,10 @@ func (c *Collector) Collect(ctx context.Context) error {
 		}
 	}
 	c.mu.Lock()
+	c.garbage = make(map[persist.BlockID]bool, len(doomed))
+	for _, id := range doomed {
+		c.garbage[id] = true
+	}
 	c.stats.Runs++
 	c.stats.LastRun = start
 	c.stats.Referenced = len(referenced)

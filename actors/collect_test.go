@@ -110,3 +110,19 @@ func TestCollect(t *testing.T) {
 		})
 	}
 }
+
+func TestCollectorReportsGarbageForRepair(t *testing.T) {
+	now := time.Now()
+	s := &timedStore{lastPut: map[persist.BlockID]time.Time{
+		bid("old"): now.Add(-2 * time.Hour), bid("kept"): now.Add(-2 * time.Hour), bid("new"): now,
+	}}
+	c := NewCollector(s, refSet{ids: []persist.BlockID{bid("kept")}}, CollectConfig{Grace: time.Hour}, quietLog())
+	if err := c.Collect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{"old": true, "kept": false, "new": false} {
+		if got := c.IsGarbage(bid(name)); got != want {
+			t.Errorf("IsGarbage(%s) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -61,6 +61,9 @@ type RepairConfig struct {
 	// Suspect, if set, is told of a local copy that could not be read (the
 	// scrubber's Check, which replaces it).
 	Suspect func(id persist.BlockID)
+	// Skip, if set, names blocks not to copy: garbage the collector found
+	// unreferenced, which repair must not bring back.
+	Skip func(id persist.BlockID) bool
 }
 
 // RepairStats is what the repair actor reports.
@@ -176,7 +179,7 @@ func (r *Repairer) Round(ctx context.Context) (Plan, error) {
 	mine := Plan{Wake: full.Wake, Waiting: full.Waiting, Lost: full.Lost,
 		UnderReplicated: full.UnderReplicated, UnderReplicatedBytes: full.UnderReplicatedBytes}
 	for _, c := range full.Copies {
-		if c.From == r.cfg.Self {
+		if c.From == r.cfg.Self && (r.cfg.Skip == nil || !r.cfg.Skip(c.Block)) {
 			mine.Copies = append(mine.Copies, c)
 		}
 	}

@@ -324,3 +324,29 @@ func TestRepairSourceWithUnreadableCopy(t *testing.T) {
 	}
 	t.Logf("n3 sourced %d copies from other nodes and reported its own copies", suspects)
 }
+
+// TestRepairSkipsGarbage: blocks the collector condemned are not copied
+// back after another node removed its copy.
+func TestRepairSkipsGarbage(t *testing.T) {
+	const r = 3
+	m, ids := newMemMesh(t, 4, 50, r)
+	m.round(t, r, time.Hour, ids)
+	for _, mem := range m.Members() {
+		m.repairers[mem.Name].cfg.Skip = func(persist.BlockID) bool { return true }
+	}
+	// n1's collector removed its copies; nobody may copy them back.
+	removed := 0
+	for _, id := range ids {
+		if m.stores["n1"].has(id) {
+			m.stores["n1"].Delete(context.Background(), id)
+			removed++
+		}
+	}
+	m.round(t, r, time.Hour, ids)
+	for _, id := range ids {
+		if m.stores["n1"].has(id) {
+			t.Fatalf("block %s was copied back to n1 although it is garbage", id)
+		}
+	}
+	t.Logf("%d garbage copies stayed removed", removed)
+}

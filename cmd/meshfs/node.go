@@ -207,12 +207,6 @@ func runNode(args []string) error {
 	}, state.Replicas)
 	scrubber := actors.NewScrubber(store, fetcher{others}, actors.ScrubConfig{Period: *scrubPeriod, MaxRate: *scrubRate}, log.With("actor", "scrub"))
 	sup.Start("scrub", scrubber)
-	repairer := actors.NewRepairer(store, client, members, actors.RepairConfig{
-		Self: state.Name, Replicas: state.Replicas, RepairDelay: *repairDelay,
-		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
-		Fetch: others.Read, Suspect: scrubber.Check,
-	}, log.With("actor", "repair"))
-	sup.Start("repair", repairer)
 	if *collectGrace < 10*time.Minute {
 		log.Warn("--collect-grace below 10 minutes can remove blocks a write in progress still needs; use it for tests only", "collect_grace", *collectGrace)
 	}
@@ -220,6 +214,12 @@ func runNode(args []string) error {
 	defer refs.Close()
 	collector := actors.NewCollector(store, refs, actors.CollectConfig{Grace: *collectGrace, Interval: *collectInterval}, log.With("actor", "collect"))
 	sup.Start("collect", collector)
+	repairer := actors.NewRepairer(store, client, members, actors.RepairConfig{
+		Self: state.Name, Replicas: state.Replicas, RepairDelay: *repairDelay,
+		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
+		Fetch: others.Read, Suspect: scrubber.Check, Skip: collector.IsGarbage,
+	}, log.With("actor", "repair"))
+	sup.Start("repair", repairer)
 
 	srv := &http.Server{
 		Handler: blocknet.NewServer(blocknet.ServerConfig{
