@@ -341,3 +341,28 @@ func TestPutTimeMissing(t *testing.T) {
 		t.Fatalf("put time after Put = %v, %v; want %v", pt, ok, late)
 	}
 }
+
+func TestTouchRefreshesPutTime(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{ClusterID: "c", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	data := []byte("uploaded, not committed yet")
+	id := Sum(data)
+	if err := s.Put(context.Background(), id, data); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(3 * time.Hour)
+	if err := s.Touch(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := s.DeleteIfOlder(context.Background(), id, clock.Add(-time.Hour)); err != nil || deleted {
+		t.Fatalf("DeleteIfOlder of a touched block: deleted %v, err %v", deleted, err)
+	}
+	if err := s.Touch(context.Background(), Sum([]byte("absent"))); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Touch of a missing block: %v, want ErrNotFound", err)
+	}
+}

@@ -371,6 +371,30 @@ func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 	return nil
 }
 
+// Touch refreshes the last put time of a stored block as a Put of its
+// content would, without the content: a client that uploaded the block for
+// a write it has not committed yet keeps it from the collector this way.
+// It fails with ErrNotFound if the block is not here.
+func (s *Store) Touch(ctx context.Context, id BlockID) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("touch block %s: %w", id, err)
+	}
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		if _, ok := lookup(tx.Bucket(bucketBlocks), id); !ok {
+			return ErrNotFound
+		}
+		times, now := tx.Bucket(bucketPutTimes), s.now()
+		if !putTimeStale(times, id, now) {
+			return nil
+		}
+		return times.Put(id[:], encodePutTime(now))
+	})
+	if err != nil {
+		return fmt.Errorf("touch block %s: %w", id, err)
+	}
+	return nil
+}
+
 // Get returns a copy of the block's content, ErrNotFound, or ErrCorrupt when
 // the stored bytes no longer hash to id.
 func (s *Store) Get(ctx context.Context, id BlockID) ([]byte, error) {

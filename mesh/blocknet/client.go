@@ -304,6 +304,20 @@ func (c *Client) Report(ctx context.Context, addr string, id persist.BlockID) er
 	return nil
 }
 
+// Touch refreshes the block's last put time on the node at addr; it wraps
+// persist.ErrNotFound when the node has no copy.
+func (c *Client) Touch(ctx context.Context, addr string, id persist.BlockID) error {
+	cl, err := c.send(ctx, http.MethodPost, addr, blockPath(id)+"/touch", nil)
+	if err != nil {
+		return fmt.Errorf("touch block %s on %s: %w", id, addr, err)
+	}
+	defer cl.done()
+	if cl.resp.StatusCode/100 != 2 {
+		return fmt.Errorf("touch block %s on %s: %w", id, addr, newStatusError(cl.resp, false))
+	}
+	return nil
+}
+
 // List calls fn for every block the node at addr holds, stopping at fn's
 // first error, which it returns as is. The whole listing must arrive within
 // the client timeout.

@@ -194,3 +194,30 @@ func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, erro
 	return nil, fmt.Errorf("read block %s: no good copy on %d nodes (%d said not found): %w",
 		id, len(cands), notFound, errors.Join(errs...))
 }
+
+// Touch refreshes the last put time of every live copy of the block, so
+// that no node collects it while a write that uploaded it has not committed
+// yet. A node without a copy is skipped; it fails only if no copy was
+// touched.
+func (r *Replicator) Touch(ctx context.Context, id persist.BlockID) error {
+	touched := 0
+	var errs []error
+	for _, m := range (mesh.Placement{}).Order(id, r.members()) {
+		if !m.Live() {
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, r.putTimeout)
+		err := r.c.Touch(tctx, m.HTTP, id)
+		cancel()
+		switch {
+		case err == nil:
+			touched++
+		case !errors.Is(err, persist.ErrNotFound):
+			errs = append(errs, err)
+		}
+	}
+	if touched == 0 {
+		return fmt.Errorf("touch block %s: no copy touched: %w", id, errors.Join(append(errs, persist.ErrNotFound)...))
+	}
+	return nil
+}

@@ -101,6 +101,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("HEAD /v1/blocks/{id}", s.headBlock)
 	mux.HandleFunc("DELETE /v1/blocks/{id}", s.deleteBlock)
 	mux.HandleFunc("POST /v1/blocks/{id}/check", s.checkBlock)
+	mux.HandleFunc("POST /v1/blocks/{id}/touch", s.touchBlock)
 	mux.HandleFunc("GET /v1/blocks", s.listBlocks)
 	mux.HandleFunc("GET /v1/cluster", s.cluster)
 	mux.HandleFunc("GET /v1/stats", s.stats)
@@ -291,6 +292,30 @@ func (s *server) checkBlock(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Suspect(id)
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// touchBlock refreshes the block's last put time (see persist's Touch) for
+// a client that uploaded it for a write it has not committed yet.
+func (s *server) touchBlock(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.blockID(w, r)
+	if !ok {
+		return
+	}
+	t, ok := s.cfg.Store.(interface {
+		Touch(ctx context.Context, id persist.BlockID) error
+	})
+	if !ok {
+		s.fail(w, r, http.StatusNotImplemented, "this store keeps no put times", nil)
+		return
+	}
+	switch err := t.Touch(r.Context(), id); {
+	case err == nil:
+		w.WriteHeader(http.StatusNoContent)
+	case errors.Is(err, persist.ErrNotFound):
+		http.Error(w, "not found", http.StatusNotFound)
+	default:
+		s.fail(w, r, http.StatusInternalServerError, "touch block: "+err.Error(), err)
+	}
 }
 
 func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {

@@ -568,3 +568,33 @@ func TestServePersistStore(t *testing.T) {
 		}
 	}
 }
+
+func TestTouch(t *testing.T) {
+	store, err := persist.Open(t.TempDir(), persist.Options{ClusterID: "test", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	srv := httptest.NewServer(NewServer(ServerConfig{Store: store, Secret: testSecret}))
+	defer srv.Close()
+	c := NewClient(testSecret, 10*time.Second)
+	defer c.closeIdle()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+	data := []byte("pending block")
+	id := persist.Sum(data)
+	if err := c.Put(ctx, addr, id, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Touch(ctx, addr, id); err != nil {
+		t.Fatalf("Touch of a stored block: %v", err)
+	}
+	if err := c.Touch(ctx, addr, persist.Sum([]byte("absent"))); !errors.Is(err, persist.ErrNotFound) {
+		t.Fatalf("Touch of a missing block: %v, want ErrNotFound", err)
+	}
+	// A store without put times answers 501.
+	m := newTestMesh(t, 1)
+	if err := m.client.Touch(ctx, m.nodes[0].addr, id); err == nil {
+		t.Fatal("Touch on a store without put times succeeded")
+	}
+}
