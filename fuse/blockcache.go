@@ -3,6 +3,7 @@ package fuse
 import (
 	"container/list"
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/meshfs/meshfs/persist"
@@ -29,10 +30,19 @@ type cacheEntry struct {
 
 // fetch is one block being read from the mesh; done is closed when data
 // and err are set.
+//
+// The load runs under a context of its own, not the context of the caller
+// that happened to start it: the kernel interrupts a request on any signal,
+// and one interrupted reader must not fail the others waiting for the same
+// block with its cancellation. The load is cancelled only once every caller
+// waiting for it has given up.
 type fetch struct {
 	done chan struct{}
 	data []byte
 	err  error
+	// Guarded by blockCache.mu.
+	waiters int // callers still waiting for the result, the leader included
+	cancel  context.CancelFunc
 }
 
 func newBlockCache(max, maxPrefetch int) *blockCache {
@@ -47,6 +57,8 @@ func newBlockCache(max, maxPrefetch int) *blockCache {
 
 // get returns the block's content from the cache, from a fetch already in
 // progress, or by calling load (whose result is cached if it succeeds).
+// A caller whose ctx ends before the block arrives gets ctx's error; the
+// fetch goes on for the others.
 func (c *blockCache) get(ctx context.Context, id persist.BlockID, load func(context.Context, persist.BlockID) ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
 	if e, ok := c.entries[id]; ok {
@@ -56,28 +68,72 @@ func (c *blockCache) get(ctx context.Context, id persist.BlockID, load func(cont
 		return data, nil
 	}
 	if f, ok := c.fetches[id]; ok {
+		f.waiters++
 		c.mu.Unlock()
 		select {
 		case <-f.done:
 			return f.data, f.err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			c.giveUp(id, f)
+			return nil, fmt.Errorf("wait for block %s: %w", id, ctx.Err())
 		}
 	}
-	f := &fetch{done: make(chan struct{})}
+	// The caller's values (its identity) are kept, its cancellation is not.
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	f := &fetch{done: make(chan struct{}), waiters: 1, cancel: cancel}
 	c.fetches[id] = f
 	c.mu.Unlock()
 
-	f.data, f.err = load(ctx, id)
+	// The leader loads the block itself, and keeps waiting for it after
+	// its own ctx ends if others still want it; it only stops counting
+	// as interested, so the load is cancelled when nobody is.
+	stop := context.AfterFunc(ctx, func() { c.giveUp(id, f) })
+	data, err := load(fctx, id)
+	stop()
 
 	c.mu.Lock()
-	delete(c.fetches, id)
-	if f.err == nil {
-		c.addLocked(id, f.data)
+	if c.fetches[id] == f {
+		delete(c.fetches, id)
 	}
+	if err == nil {
+		c.addLocked(id, data)
+	}
+	f.data, f.err = data, err
 	c.mu.Unlock()
 	close(f.done)
-	return f.data, f.err
+	if err != nil && ctx.Err() != nil {
+		// Most likely cancelled because this caller gave up (and
+		// nobody else waited): report that, as a waiter would.
+		return nil, fmt.Errorf("fetch block %s: %w (%w)", id, ctx.Err(), err)
+	}
+	return data, err
+}
+
+// giveUp records that a caller waiting for f no longer does. When nobody
+// waits any more the fetch is cancelled and forgotten, so a later caller
+// starts a new one rather than inheriting a cancellation not its own.
+func (c *blockCache) giveUp(id persist.BlockID, f *fetch) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f.waiters--
+	if f.waiters > 0 {
+		return
+	}
+	if c.fetches[id] == f {
+		delete(c.fetches, id)
+	}
+	f.cancel()
+}
+
+// waitersOf returns how many callers wait for a fetch of id (for tests).
+func (c *blockCache) waitersOf(id persist.BlockID) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.fetches[id]; f != nil {
+		return f.waiters
+	}
+	return 0
 }
 
 // put adds content the mount already has (a block it just uploaded).

@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,5 +101,100 @@ func TestMountinfoHas(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("mountinfoHas(%q) = %v, %v; want %v", dir, got, err, want)
 		}
+	}
+}
+
+// TestBlockCacheLeaderCancelled: the caller that started a fetch being
+// interrupted must not fail another caller waiting for the same block.
+func TestBlockCacheLeaderCancelled(t *testing.T) {
+	c := newBlockCache(2, 1)
+	started, release := make(chan struct{}), make(chan struct{})
+	var loads atomic.Int64
+	load := func(ctx context.Context, id persist.BlockID) ([]byte, error) {
+		if loads.Add(1) == 1 {
+			close(started)
+		}
+		select {
+		case <-release:
+			return id[:], nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	id := persist.Sum([]byte("a"))
+	leaderCtx, cancelLeader := context.WithCancel(context.Background())
+	leaderDone := make(chan error, 1)
+	go func() {
+		_, err := c.get(leaderCtx, id, load)
+		leaderDone <- err
+	}()
+	<-started
+	waiterDone := make(chan error, 1)
+	go func() {
+		data, err := c.get(context.Background(), id, load)
+		if err == nil && string(data) != string(id[:]) {
+			err = errors.New("wrong content")
+		}
+		waiterDone <- err
+	}()
+	waitFor(t, "the waiter to join the fetch", func() bool { return c.waitersOf(id) == 2 })
+	cancelLeader()
+	waitFor(t, "the leader's interest to end", func() bool { return c.waitersOf(id) == 1 })
+	close(release)
+	if err := <-waiterDone; err != nil {
+		t.Errorf("waiter: %v, want the block (the leader's cancellation is not its own)", err)
+	}
+	<-leaderDone // the leader may see its own cancellation or the block
+	if n := loads.Load(); n != 1 {
+		t.Errorf("%d loads, want 1", n)
+	}
+}
+
+// TestBlockCacheAbandonedFetch: a fetch nobody waits for any more is
+// cancelled, and a later caller starts a fresh one instead of inheriting
+// that cancellation.
+func TestBlockCacheAbandonedFetch(t *testing.T) {
+	c := newBlockCache(2, 1)
+	var loads atomic.Int64
+	cancelled := make(chan struct{})
+	load := func(ctx context.Context, id persist.BlockID) ([]byte, error) {
+		if loads.Add(1) == 1 {
+			<-ctx.Done()
+			close(cancelled)
+			return nil, ctx.Err()
+		}
+		return id[:], nil
+	}
+	id := persist.Sum([]byte("a"))
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.get(ctx, id, load)
+		first <- err
+	}()
+	waitFor(t, "the fetch to start", func() bool { return loads.Load() == 1 })
+	cancel()
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("an abandoned fetch was not cancelled")
+	}
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled caller: %v, want context.Canceled", err)
+	}
+	data, err := c.get(context.Background(), id, load)
+	if err != nil || string(data) != string(id[:]) {
+		t.Errorf("get after an abandoned fetch = %x, %v", data, err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -11,7 +11,9 @@
 //   - close (flush) and fsync return once every written block is stored on
 //     the mesh and one atomic metadata commit points the file at them. If a
 //     block cannot be stored, they fail with EIO and commit nothing: the file
-//     keeps its previous content.
+//     keeps its previous content. Data written after the last close (the
+//     kernel writes a shared mapping's dirty pages back at munmap) is
+//     committed at the file's last release, unless that close failed.
 //   - All handles of one file on one mount share its unflushed data. Another
 //     mount sees a file's new content when it opens the file after the
 //     writer's close (close-to-open consistency).

@@ -25,12 +25,18 @@ type slotBuf struct {
 	// older buffer is still uploading makes a newer buffer, and only the
 	// newest upload's BlockRef may be committed.
 	gen uint64
+	// mtime is the Unix ns of the last write into the buffer.
+	mtime int64
+	// inFlight is set while the buffer is being uploaded, failed when its
+	// last upload failed; both guarded by fileState.mu.
+	inFlight, failed bool
 }
 
 // pendingRef is a block uploaded for a slot and not yet committed.
 type pendingRef struct {
-	ref meta.BlockRef
-	gen uint64
+	ref   meta.BlockRef
+	gen   uint64
+	mtime int64 // of the last write into the uploaded buffer
 }
 
 // fileState is the write-back and read state of one open regular file on
@@ -62,11 +68,16 @@ type fileState struct {
 	refs      map[int64]meta.BlockRef // committed block map; nil until loaded
 	refsGen   uint64                  // bumped when refs is invalidated, so a slow load cannot install a stale map
 	gen       uint64                  // last slotBuf generation handed out
-	failures  int                     // uploads that failed
 	seq       uint64                  // bumped by every local change of size or content
 	lastWrite int64                   // Unix ns of the last write: the mtime the commit records
 	readEnd   int64                   // end of the last read, to detect sequential reading
 	dropped   bool                    // last handle released; late uploads record nothing
+	// discardedGen is the last slotBuf generation a failed close threw
+	// away: uploads of it or older ones that land later record nothing.
+	discardedGen uint64
+	// closeFailed is set when a close(2) fails and cleared when a flush
+	// succeeds: data still here at the last release is then not committed.
+	closeFailed bool
 }
 
 func newFileState(m *FS, ino meta.Ino) *fileState {
@@ -132,13 +143,28 @@ func (m *FS) fileFor(ino meta.Ino) *fileState {
 	return m.files[ino]
 }
 
-// releaseFile drops one handle's reference. At the last one, unflushed data
-// is dropped (close already tried to flush it) and an inode unlinked while
-// open is reclaimed.
+// releaseFile drops one handle's reference. At the last one, data written
+// since the last close is committed (see flushAtRelease), what is left is
+// dropped, and an inode unlinked while open is reclaimed.
 func (m *FS) releaseFile(st *fileState) {
+	m.filesMu.Lock()
+	if st.opens > 1 {
+		// Not the last: deciding and counting down under one lock, so
+		// two releases racing cannot both take the other for the last.
+		st.opens--
+		m.filesMu.Unlock()
+		return
+	}
+	m.filesMu.Unlock()
+	// The commit happens before the state leaves m.files, so an open
+	// racing this release either shares the state or reads the file from
+	// the metadata after the commit.
+	st.flushAtRelease()
+
 	m.filesMu.Lock()
 	st.opens--
 	if st.opens > 0 {
+		// Opened again meanwhile: the new handle keeps the state.
 		m.filesMu.Unlock()
 		return
 	}
@@ -250,19 +276,34 @@ func (st *fileState) invalidateRefsLocked() {
 // close of a handle opened in the meantime (the kernel's release of the
 // failed handle may come after that open): the file keeps its previous
 // content. The size falls back to the committed one.
+//
+// It also records the failure, so that the last release does not commit
+// what is left (see flushAtRelease).
 func (m *FS) discardAfterFailedClose(ctx context.Context, st *fileState) {
+	// flushMu: a flush of another thread (fsync on the same descriptor)
+	// must not commit part of what is discarded with a size covering all.
+	st.flushMu.Lock()
+	defer st.flushMu.Unlock()
 	m.filesMu.Lock()
 	last := st.opens == 1
 	m.filesMu.Unlock()
+	st.mu.Lock()
+	st.closeFailed = true
 	if !last {
+		st.mu.Unlock()
 		return // other handles may still retry their data with fsync
 	}
-	st.mu.Lock()
+	// Uploads still in flight of the discarded data must not record it
+	// when they land.
+	st.discardedGen = st.gen
 	var freed int64
 	for slot, b := range st.dirty {
 		freed += int64(cap(b.data))
 		delete(st.dirty, slot)
 	}
+	// Their uploads hold (and give back) their own room; forgetting them
+	// here keeps reads and new writes from using their content.
+	clear(st.uploading)
 	clear(st.pending)
 	st.seq++
 	seq := st.seq
@@ -273,6 +314,34 @@ func (m *FS) discardAfterFailedClose(ctx context.Context, st *fileState) {
 	defer cancel()
 	if attr, err := m.meta.GetAttr(mctx, st.ino); err == nil {
 		st.refresh(seq, attr)
+	}
+}
+
+// flushAtRelease commits data still held at the last release of the file.
+// The kernel writes a shared writable mapping's dirty pages back when it is
+// unmapped, as WRITE requests after the close's FLUSH and before RELEASE:
+// without this they would be dropped. Nobody can be told of a failure any
+// more, so it is logged. Data a failed close left behind is not retried:
+// close reported the failure, and the file keeps its previous content.
+func (st *fileState) flushAtRelease() {
+	m := st.m
+	st.mu.Lock()
+	local, failed := st.hasLocalDataLocked(), st.closeFailed
+	st.mu.Unlock()
+	if !local {
+		return
+	}
+	if failed {
+		m.log.Warn("meshfs: dropping data written after a failed close", "ino", st.ino)
+		return
+	}
+	// Not the request's context: the kernel does not wait for RELEASE,
+	// and nothing should cancel the commit but its deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), releaseFlushTimeout)
+	defer cancel()
+	if err := st.flush(ctx); err != nil {
+		m.log.Error("meshfs: commit of data written after the last close failed; it is lost",
+			"ino", st.ino, "err", err)
 	}
 }
 
@@ -357,7 +426,13 @@ func (st *fileState) loadRefs(ctx context.Context) error {
 
 // blockContent returns the slot's bytes held by ref's block: its first
 // ref.Len bytes.
+//
+// Like a metadata call (metaCtx), it ignores the request's cancellation:
+// the kernel interrupts a request on any signal, and failing the read or
+// write for it would surface as EIO.
 func (st *fileState) blockContent(ctx context.Context, ref meta.BlockRef) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), blockTimeout)
+	defer cancel()
 	data, err := st.m.readBlock(ctx, ref.ID)
 	if err != nil {
 		return nil, fmt.Errorf("read block %s of inode %d: %w", ref.ID, st.ino, err)
@@ -465,6 +540,7 @@ func (st *fileState) writeSlot(ctx context.Context, slot int64, so int, p []byte
 		copy(sb.data[so:], p)
 		st.size = max(st.size, slot*m.bs+int64(end))
 		st.lastWrite = time.Now().UnixNano()
+		sb.mtime = st.lastWrite
 		st.seq++
 		// A sequential writer has moved past a full slot: upload it now
 		// rather than at close, so uploads overlap with writing.
@@ -501,6 +577,7 @@ func (st *fileState) startUploadLocked(slot int64) {
 	}
 	delete(st.dirty, slot)
 	st.uploading[slot] = sb
+	sb.inFlight, sb.failed = true, false
 	st.inflight++
 	st.m.bg.Add(1)
 	go st.upload(slot, sb)
@@ -518,11 +595,13 @@ func (st *fileState) upload(slot int64, sb *slotBuf) {
 	defer st.mu.Unlock()
 	defer st.uploaded.Broadcast()
 	st.inflight--
+	sb.inFlight = false
 	if st.uploading[slot] == sb {
 		delete(st.uploading, slot)
 	}
+	discarded := sb.gen <= st.discardedGen
 	if err != nil {
-		st.failures++
+		sb.failed = true
 		m.uploadFail.Add(1)
 		m.buf.wake()
 		if m.ctx.Err() == nil {
@@ -531,7 +610,7 @@ func (st *fileState) upload(slot int64, sb *slotBuf) {
 		_, newerDirty := st.dirty[slot]
 		_, newerUpload := st.uploading[slot]
 		p, committedLater := st.pending[slot]
-		if !st.dropped && !newerDirty && !newerUpload && (!committedLater || p.gen < sb.gen) {
+		if !st.dropped && !discarded && !newerDirty && !newerUpload && (!committedLater || p.gen < sb.gen) {
 			st.dirty[slot] = sb // still holds its room in the write buffer
 			return
 		}
@@ -539,11 +618,11 @@ func (st *fileState) upload(slot int64, sb *slotBuf) {
 		return
 	}
 	m.buf.release(int64(cap(sb.data)))
-	if st.dropped {
+	if st.dropped || discarded {
 		return
 	}
 	if p, ok := st.pending[slot]; !ok || p.gen < sb.gen {
-		st.pending[slot] = pendingRef{ref: meta.BlockRef{ID: id, Len: uint32(len(sb.data))}, gen: sb.gen}
+		st.pending[slot] = pendingRef{ref: meta.BlockRef{ID: id, Len: uint32(len(sb.data))}, gen: sb.gen, mtime: sb.mtime}
 	}
 	if int64(len(sb.data)) < m.bs {
 		// A partial block is likely the tail of a file that is
@@ -579,29 +658,66 @@ func (st *fileState) flush(ctx context.Context) error {
 // flushLocked is flush with flushMu held. If any upload fails, nothing is
 // committed, so the file keeps its previous content; the data stays dirty
 // for a later flush to retry.
+//
+// It commits the file as it is when the flush starts: that moment's size
+// and every slot's data up to that moment. Writes arriving while it waits
+// for the uploads are left to a later flush (or committed early where they
+// share an uploaded block with older data), and their size is not
+// committed: their slots may still be dirty at the commit, so a size read
+// after the wait would cover bytes the commit does not hold, reading as
+// zeros from the metadata (after a crash of this mount, or on another).
 func (st *fileState) flushLocked(ctx context.Context) error {
+	bs := st.m.bs
 	st.mu.Lock()
-	failures := st.failures
 	for slot := range st.dirty {
 		st.startUploadLocked(slot)
 	}
-	for st.inflight > 0 {
-		st.uploaded.Wait()
+	size, mtime := st.size, st.lastWrite
+	// The newest upload of each slot holds all of the slot's data so far
+	// (a newer buffer starts from the older one's content).
+	var waitFor []*slotBuf
+	for _, sb := range st.uploading {
+		waitFor = append(waitFor, sb)
 	}
-	if n := st.failures - failures; n > 0 {
-		st.mu.Unlock()
-		return fmt.Errorf("flush inode %d: %d block upload(s) failed: %w", st.ino, n, syscall.EIO)
-	}
-	if len(st.pending) == 0 {
+	if len(waitFor) == 0 && len(st.pending) == 0 {
+		st.closeFailed = false
 		st.mu.Unlock()
 		return nil
 	}
-	slots := make(map[int64]meta.BlockRef, len(st.pending))
-	gens := make(map[int64]uint64, len(st.pending))
-	for slot, p := range st.pending {
-		slots[slot], gens[slot] = p.ref, p.gen
+	// All of them, even after one failed: so that none of this flush's
+	// uploads lands after it reported the failure (see
+	// discardAfterFailedClose).
+	for anyInFlight(waitFor) {
+		st.uploaded.Wait()
 	}
-	size, mtime := st.size, st.lastWrite
+	if n := countFailed(waitFor); n > 0 {
+		st.mu.Unlock()
+		return fmt.Errorf("flush inode %d: %d block upload(s) failed: %w", st.ino, n, syscall.EIO)
+	}
+	if hook := st.m.beforeCommit.Load(); hook != nil {
+		st.mu.Unlock()
+		(*hook)(st.ino)
+		st.mu.Lock()
+	}
+	// Every slot's data up to size is now pending, committed, or a hole.
+	slots := make(map[int64]meta.BlockRef, len(st.pending))
+	done := make(map[int64]uint64, len(st.pending)) // slot -> gen committed whole
+	for slot, p := range st.pending {
+		keep := size - slot*bs // bytes of the slot within the committed size
+		if keep <= 0 {
+			continue // written after the flush started, past its size
+		}
+		ref := p.ref
+		if int64(ref.Len) > keep {
+			// A later write extended the slot: commit the part the
+			// size covers, and keep the block pending for the rest.
+			ref.Len = uint32(keep)
+		} else {
+			done[slot] = p.gen
+		}
+		slots[slot] = ref
+		mtime = max(mtime, p.mtime)
+	}
 	st.mu.Unlock()
 
 	mctx, cancel := metaCtx(ctx)
@@ -612,15 +728,39 @@ func (st *fileState) flushLocked(ctx context.Context) error {
 	}
 
 	st.mu.Lock()
-	for slot, g := range gens {
+	for slot, g := range done {
 		if p, ok := st.pending[slot]; ok && p.gen == g {
 			delete(st.pending, slot)
 		}
 	}
 	st.invalidateRefsLocked()
 	st.seq++
+	st.closeFailed = false
 	st.mu.Unlock()
 	return nil
+}
+
+// anyInFlight reports whether one of bufs is being uploaded; the caller
+// holds fileState.mu.
+func anyInFlight(bufs []*slotBuf) bool {
+	for _, sb := range bufs {
+		if sb.inFlight {
+			return true
+		}
+	}
+	return false
+}
+
+// countFailed returns how many of bufs failed their last upload; the
+// caller holds fileState.mu.
+func countFailed(bufs []*slotBuf) int {
+	n := 0
+	for _, sb := range bufs {
+		if sb.failed {
+			n++
+		}
+	}
+	return n
 }
 
 // truncateLocked applies a size change the metadata has made to the local

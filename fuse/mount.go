@@ -99,6 +99,9 @@ const (
 	readAheadSlots = 4
 	// maxPrefetches bounds concurrent read-ahead fetches per mount.
 	maxPrefetches = 4
+	// releaseFlushTimeout bounds the commit, at a file's last release, of
+	// data written after its last close (see flushAtRelease).
+	releaseFlushTimeout = time.Minute
 )
 
 // FS is one mounted meshfs file system. (Not named Mount: that is the
@@ -128,6 +131,12 @@ type FS struct {
 
 	filesMu sync.Mutex
 	files   map[meta.Ino]*fileState // open regular files, by inode
+
+	// beforeCommit, if set, is called by a flush after its uploads have
+	// landed and before it commits: a test hook, to let writes race the
+	// commit deterministically. Atomic because tests set it while the
+	// mount serves requests.
+	beforeCommit atomic.Pointer[func(ino meta.Ino)]
 }
 
 // Mount mounts the file system at mountpoint and serves it until Unmount
@@ -229,8 +238,7 @@ func cacheTimeout(d time.Duration) time.Duration {
 }
 
 // Unmount unmounts the file system and waits for the serve loop and the
-// background uploads and prefetches to end. Data not yet flushed is lost,
-// as it would be at the last close of its file.
+// background uploads and prefetches to end. Data not yet flushed is lost.
 func (m *FS) Unmount() error {
 	select {
 	case <-m.served:
