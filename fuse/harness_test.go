@@ -35,6 +35,27 @@ type fakeBlocks struct {
 	writeDelay atomic.Int64 // ns each Write takes
 	reads      atomic.Int64
 	writes     atomic.Int64
+	touched    map[persist.BlockID]int // by Touch, under mu
+}
+
+// Touch records that the block's put time was refreshed.
+func (b *fakeBlocks) Touch(ctx context.Context, id persist.BlockID) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.blocks[id]; !ok {
+		return persist.ErrNotFound
+	}
+	if b.touched == nil {
+		b.touched = map[persist.BlockID]int{}
+	}
+	b.touched[id]++
+	return nil
+}
+
+func (b *fakeBlocks) touches(id persist.BlockID) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.touched[id]
 }
 
 var _ Blocks = (*fakeBlocks)(nil)

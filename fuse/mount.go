@@ -75,6 +75,11 @@ type Options struct {
 	// EntryTimeout and AttrTimeout are the kernel's cache timeouts for
 	// names and attributes; zero means 1 s, a negative value disables the cache.
 	EntryTimeout, AttrTimeout time.Duration
+	// TouchInterval is how often the blocks uploaded for writes not yet
+	// committed are touched on the nodes (when Blocks can Touch), so their
+	// collectors, whose grace period must be longer, never take them from
+	// a file held open for long; default 10 min.
+	TouchInterval time.Duration
 	// Debug logs every FUSE request (at Info level, through Logger).
 	Debug  bool
 	Logger *slog.Logger
@@ -158,6 +163,9 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	if opts.Uploads <= 0 {
 		opts.Uploads = defaultUploads
 	}
+	if opts.TouchInterval <= 0 {
+		opts.TouchInterval = 10 * time.Minute
+	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -180,6 +188,10 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		files:      make(map[meta.Ino]*fileState),
 	}
 	m.cache = newBlockCache(readCacheBlocks, maxPrefetches)
+	if t, ok := opts.Blocks.(blockToucher); ok {
+		m.bg.Add(1)
+		go m.touchPending(t, opts.TouchInterval)
+	}
 
 	entry, attr := cacheTimeout(opts.EntryTimeout), cacheTimeout(opts.AttrTimeout)
 	root := &node{m: m}
