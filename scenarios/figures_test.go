@@ -2,10 +2,10 @@ package scenarios
 
 import (
 	"context"
-	"math"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
