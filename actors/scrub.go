@@ -49,6 +49,7 @@ type ScrubStats struct {
 	Checked      int64     `json:"checked"`       // blocks verified, all passes
 	CheckedBytes int64     `json:"checked_bytes"` // bytes verified, all passes
 	Corrupt      int64     `json:"corrupt"`       // corrupt copies found
+	FoundByPass  int64     `json:"found_by_pass"` // of those, by the regular pass (the rest by client reports)
 	Repaired     int64     `json:"repaired"`      // of those, replaced by a good copy
 	LastPass     time.Time `json:"last_pass,omitzero"`
 }
@@ -148,7 +149,7 @@ func (s *Scrubber) verifyUrgent(ctx context.Context, id persist.BlockID) {
 	if failed && time.Since(at) < time.Minute {
 		return
 	}
-	s.verify(ctx, id)
+	s.verify(ctx, id, false)
 }
 
 func (s *Scrubber) pass(ctx context.Context) error {
@@ -187,7 +188,7 @@ func (s *Scrubber) pass(ctx context.Context) error {
 		if err := limiter.WaitN(ctx, min(max(b.size, 1), 64<<20)); err != nil {
 			return err
 		}
-		s.verify(ctx, b.id)
+		s.verify(ctx, b.id, true)
 		s.mu.Lock()
 		s.stats.PassChecked++
 		s.mu.Unlock()
@@ -199,8 +200,9 @@ func (s *Scrubber) pass(ctx context.Context) error {
 	return nil
 }
 
-// verify checks one block and repairs it when it is corrupt.
-func (s *Scrubber) verify(ctx context.Context, id persist.BlockID) {
+// verify checks one block and repairs it when it is corrupt; byPass tells
+// whether the regular pass asked (else a report did).
+func (s *Scrubber) verify(ctx context.Context, id persist.BlockID, byPass bool) {
 	data, err := s.store.Get(ctx, id)
 	switch {
 	case err == nil:
@@ -218,6 +220,9 @@ func (s *Scrubber) verify(ctx context.Context, id persist.BlockID) {
 	s.mu.Lock()
 	s.stats.Checked++
 	s.stats.Corrupt++
+	if byPass {
+		s.stats.FoundByPass++
+	}
 	s.mu.Unlock()
 	s.log.Warn("scrub: corrupt copy found; fetching a good one", "block", id)
 	fctx, cancel := context.WithTimeout(ctx, time.Minute)

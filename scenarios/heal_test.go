@@ -28,6 +28,7 @@ type meshStatus struct {
 	} `json:"repair"`
 	Scrub struct {
 		Corrupt  int64 `json:"corrupt"`
+		ByPass   int64 `json:"found_by_pass"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`
 }

@@ -34,10 +34,11 @@ type statusRepair struct {
 }
 
 type statusScrub struct {
-	Progress float64 `json:"progress"` // of the current passes, 0..1
-	Passes   int64   `json:"passes"`   // fewest full passes of any node
-	Corrupt  int64   `json:"corrupt"`  // corrupt copies found
-	Repaired int64   `json:"repaired"` // of those, replaced
+	Progress float64 `json:"progress"`      // of the current passes, 0..1
+	Passes   int64   `json:"passes"`        // fewest full passes of any node
+	Corrupt  int64   `json:"corrupt"`       // corrupt copies found
+	ByPass   int64   `json:"found_by_pass"` // of those, by the nodes' scrub passes (the rest by readers' reports)
+	Repaired int64   `json:"repaired"`      // of those, replaced
 }
 
 type statusReport struct {
@@ -169,6 +170,7 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 					rep.Repair.RateBytes += na.Repair.RateBytes
 					rep.Repair.CopiedBytes += na.Repair.CopiedBytes
 					rep.Scrub.Corrupt += na.Scrub.Corrupt
+					rep.Scrub.ByPass += na.Scrub.FoundByPass
 					rep.Scrub.Repaired += na.Scrub.Repaired
 					passBlocks += na.Scrub.PassBlocks
 					passChecked += na.Scrub.PassChecked
@@ -229,8 +231,8 @@ func printStatus(w io.Writer, rep statusReport, bars bool) {
 	fmt.Fprintf(w, "under-replicated: %d blocks, %d bytes; lost: %d; waiting for repair delay: %d\n",
 		rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks, rep.Repair.Waiting)
 	fmt.Fprintf(w, "repair: %.1f MiB/s, ETA %s, %d bytes copied so far\n", rep.Repair.RateBytes/(1<<20), eta, rep.Repair.CopiedBytes)
-	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d, repaired %d\n",
-		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.Repaired)
+	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d (%d by scrub passes, %d reported by readers), repaired %d\n",
+		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.ByPass, rep.Scrub.Corrupt-rep.Scrub.ByPass, rep.Scrub.Repaired)
 	fmt.Fprintf(w, "collect: %d unreferenced copies removed (%d bytes)\n", rep.Collect.Collected, rep.Collect.CollectedBytes)
 	if rep.ActorRestarts > 0 {
 		fmt.Fprintf(w, "actors restarted after a panic: %d (see the nodes' logs)\n", rep.ActorRestarts)
