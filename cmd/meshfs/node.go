@@ -273,8 +273,9 @@ type nodeActors struct {
 	Restarts map[string]int64    `json:"restarts,omitempty"`
 }
 
-// fetcher gives the scrubber good copies from the mesh. Replicator.Read
-// skips copies that do not verify, this node's own corrupt one included.
+// fetcher gives the scrubber good copies from the other nodes (its
+// Replicator leaves this node out); Replicator.Read skips copies that do
+// not verify.
 type fetcher struct{ r *blocknet.Replicator }
 
 func (f fetcher) Fetch(ctx context.Context, id persist.BlockID) ([]byte, error) {
