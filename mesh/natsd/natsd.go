@@ -2,8 +2,9 @@
 // embeds, and connects clients to such servers. The metadata store
 // (mesh/meta) keeps its bucket in it.
 //
-// Only a single server is configured here; clustering (routes learned by
-// gossip) extends Config later.
+// A server is standalone unless Config.ClusterName is set; a clustered
+// server starts with a route to itself and is given its peers' routes at run
+// time through SetRoutes (see CLUSTERING.md).
 package natsd
 
 import (
@@ -12,8 +13,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -32,11 +35,30 @@ type Config struct {
 	Secret string // cluster secret: clients must present it as their token; empty = no auth (tests only)
 	// Log receives the server's log lines; nil keeps the server silent.
 	Log *slog.Logger
+
+	// ClusterName, when set, starts the server clustered under that name
+	// (all servers of one mesh must use the same name); empty keeps it
+	// standalone and ignores ClusterPort and Routes.
+	ClusterName string
+	// ClusterPort is the route listener's port on Host; 0 = pick a free port.
+	ClusterPort int
+	// Routes are peers' route URLs (nats-route://host:port) known at start;
+	// more can be given later with SetRoutes. The server always adds a route
+	// to itself, since clustered JetStream refuses to start without one.
+	Routes []string
 }
+
+// clusterUser is the user name routes authenticate with; the password is
+// Config.Secret.
+const clusterUser = "meshfs"
 
 // Server is a running embedded NATS server.
 type Server struct {
 	ns *server.Server
+
+	mu     sync.Mutex
+	opts   *server.Options // options given to the server, kept for reloads
+	secret string
 }
 
 // Start starts a server with JetStream and waits until it accepts clients.
@@ -66,6 +88,33 @@ func Start(cfg Config) (*Server, error) {
 		NoLog:         true,
 		NoSigs:        true,
 	}
+	if cfg.ClusterName != "" {
+		cport := cfg.ClusterPort
+		if cport == 0 {
+			// The route to self needs the port before the server starts
+			// (RANDOM_PORT would only be known after), so pick one now.
+			p, err := freePort(host)
+			if err != nil {
+				return nil, fmt.Errorf("start nats server %q: pick cluster port: %w", cfg.Name, err)
+			}
+			cport = p
+		}
+		opts.Cluster = server.ClusterOpts{Name: cfg.ClusterName, Host: host, Port: cport}
+		if cfg.Secret != "" {
+			opts.Cluster.Username = clusterUser
+			opts.Cluster.Password = cfg.Secret
+		}
+		// Clustered JetStream refuses to start without a configured route
+		// ("JetStream cluster requires configured routes ..."); a route to
+		// self satisfies it and is dropped by the server as a duplicate.
+		routes, err := routeURLs(append([]string{"nats-route://" + net.JoinHostPort(host, strconv.Itoa(cport))}, cfg.Routes...), cfg.Secret)
+		if err != nil {
+			return nil, fmt.Errorf("start nats server %q: %w", cfg.Name, err)
+		}
+		opts.Routes = routes
+	}
+	// Keep a copy for SetRoutes: the server owns opts once started.
+	kept := opts.Clone()
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("start nats server %q: %w", cfg.Name, err)
@@ -84,7 +133,98 @@ func Start(cfg Config) (*Server, error) {
 		ns.WaitForShutdown()
 		return nil, fmt.Errorf("start nats server %q: JetStream did not start", cfg.Name)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, opts: kept, secret: cfg.Secret}, nil
+}
+
+// ClusterURL returns the URL peers route to (nats-route://host:port, without
+// credentials), or "" for a standalone server. A wildcard listen address is
+// reached through the loopback interface.
+func (s *Server) ClusterURL() string {
+	a := s.ns.ClusterAddr()
+	if a == nil {
+		return ""
+	}
+	host := "127.0.0.1"
+	if !a.IP.IsUnspecified() {
+		host = a.IP.String()
+	}
+	return "nats-route://" + net.JoinHostPort(host, strconv.Itoa(a.Port))
+}
+
+// SetRoutes replaces the peers a clustered server routes to by urls (as
+// returned by the peers' ClusterURL; the server's own URL may be included)
+// without a restart: added routes are dialled, removed ones are closed. The
+// route to self is always kept. Routes are gossiped between servers, so one
+// live peer is enough for a server to find the whole cluster.
+func (s *Server) SetRoutes(urls []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opts.Cluster.Name == "" {
+		return errors.New("set nats routes: server is not clustered")
+	}
+	self := s.opts.Routes[0] // Start puts the route to self first
+	routes, err := routeURLs(urls, s.secret)
+	if err != nil {
+		return fmt.Errorf("set nats routes: %w", err)
+	}
+	routes = appendNew([]*url.URL{self}, routes...)
+	next := s.opts.Clone()
+	next.Routes = routes
+	// ReloadOptions takes ownership of its argument.
+	if err := s.ns.ReloadOptions(next.Clone()); err != nil {
+		return fmt.Errorf("set nats routes: %w", err)
+	}
+	s.opts = next
+	return nil
+}
+
+// routeURLs parses route URLs (host:port means nats-route://host:port) and adds the cluster credentials when secret is
+// set.
+func routeURLs(urls []string, secret string) ([]*url.URL, error) {
+	var out []*url.URL
+	for _, raw := range urls {
+		if !strings.Contains(raw, "://") {
+			raw = "nats-route://" + raw
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("route %q: %w", raw, err)
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("route %q: no host", raw)
+		}
+		if secret != "" {
+			u.User = url.UserPassword(clusterUser, secret)
+		} else {
+			u.User = nil
+		}
+		out = appendNew(out, u)
+	}
+	return out, nil
+}
+
+// appendNew appends the URLs of add whose host:port is not in list yet.
+func appendNew(list []*url.URL, add ...*url.URL) []*url.URL {
+next:
+	for _, u := range add {
+		for _, have := range list {
+			if have.Host == u.Host {
+				continue next
+			}
+		}
+		list = append(list, u)
+	}
+	return list
+}
+
+// freePort returns a TCP port on host that was free a moment ago.
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Addr returns host:port of the client listener.
@@ -179,3 +319,15 @@ func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(fo
 func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+
+// MetaGroup reports this server's view of the JetStream meta group: the
+// leader's server name ("" while there is none), the group's size (peers
+// known to the group, online or not) and how many of them are needed for a
+// quorum. A standalone server reports "", 0, 0.
+func (s *Server) MetaGroup() (leader string, size, quorum int) {
+	jsi, err := s.ns.Jsz(&server.JSzOptions{})
+	if err != nil || jsi == nil || jsi.Meta == nil {
+		return "", 0, 0
+	}
+	return jsi.Meta.Leader, jsi.Meta.Size, jsi.Meta.QuorumNeeded
+}

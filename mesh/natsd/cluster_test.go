@@ -1,0 +1,213 @@
+package natsd
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// startClustered starts a clustered server with its own temp dir.
+func startClustered(t *testing.T, name string, routes ...string) *Server {
+	t.Helper()
+	s, err := Start(Config{Name: name, Dir: t.TempDir(), ClusterName: "mesh", Secret: "s3cret", Routes: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// waitMetaGroup waits until every server sees a meta leader and a group of
+// size peers, and returns how long that took.
+func waitMetaGroup(t *testing.T, size int, ss ...*Server) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	for time.Since(t0) < 15*time.Second {
+		ok := true
+		for _, s := range ss {
+			if l, sz, _ := s.MetaGroup(); l == "" || sz != size {
+				ok = false
+			}
+		}
+		if ok {
+			return time.Since(t0)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range ss {
+		l, sz, q := s.MetaGroup()
+		t.Logf("%s: leader %q size %d quorum %d routes %d", s.ns.Name(), l, sz, q, s.ns.NumRoutes())
+	}
+	t.Fatalf("no meta group of %d after %v", size, time.Since(t0))
+	return 0
+}
+
+func jsClient(t *testing.T, ctx context.Context, s *Server) jetstream.JetStream {
+	t.Helper()
+	nc, err := Connect(ctx, []string{s.ClientURL()}, "s3cret", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// createKV creates a bucket, retrying while the new meta leader has not yet
+// heard from its peers: for a moment after the election placement fails with
+// "no suitable peers for placement, peer offline" (err_code 10005).
+func createKV(t *testing.T, ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) jetstream.KeyValue {
+	t.Helper()
+	t0 := time.Now()
+	for {
+		kv, err := js.CreateKeyValue(ctx, cfg)
+		if err == nil {
+			return kv
+		}
+		if !strings.Contains(err.Error(), "no suitable peers") || time.Since(t0) > 10*time.Second {
+			t.Fatalf("create bucket %s R%d: %v", cfg.Bucket, cfg.Replicas, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestClusterURLAndStandaloneSetRoutes(t *testing.T) {
+	s, err := Start(Config{Name: "solo", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if u := s.ClusterURL(); u != "" {
+		t.Fatalf("standalone ClusterURL = %q, want empty", u)
+	}
+	if err := s.SetRoutes([]string{"nats-route://127.0.0.1:1"}); err == nil {
+		t.Fatal("SetRoutes on a standalone server succeeded")
+	}
+	c := startClustered(t, "c")
+	if !strings.HasPrefix(c.ClusterURL(), "nats-route://127.0.0.1:") {
+		t.Fatalf("ClusterURL = %q", c.ClusterURL())
+	}
+}
+
+// A clustered server alone bootstraps a meta group that expects at least two
+// peers (server/raft.go bootstrapRaftNode), so it never elects a leader and
+// JetStream requests time out. See CLUSTERING.md.
+func TestClusterAloneHasNoQuorum(t *testing.T) {
+	s := startClustered(t, "alone")
+	time.Sleep(time.Second)
+	l, size, quorum := s.MetaGroup()
+	if l != "" || size != 2 || quorum != 2 {
+		t.Fatalf("lone clustered server: leader %q size %d quorum %d; want no leader, size 2, quorum 2", l, size, quorum)
+	}
+}
+
+// Three servers started on their own (each routing only to itself) form one
+// meta group once given a peer's route at run time; an R3 bucket works; a
+// fourth server that joins later, routing to one peer only, becomes a member
+// without the others restarting.
+func TestClusterFormsFromRoutesLearnedLater(t *testing.T) {
+	a := startClustered(t, "a")
+	b := startClustered(t, "b")
+	c := startClustered(t, "c")
+	// Routes are gossiped: knowing one peer is enough.
+	if err := b.SetRoutes([]string{a.ClusterURL()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetRoutes([]string{a.ClusterURL(), c.ClusterURL()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("meta group of 3 after %v", waitMetaGroup(t, 3, a, b, c))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js := jsClient(t, ctx, c)
+	kv := createKV(t, ctx, js, jetstream.KeyValueConfig{Bucket: "meta", Replicas: 3})
+	t0 := time.Now()
+	const n = 200
+	for i := range n {
+		if _, err := kv.Put(ctx, fmt.Sprint("k", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d sequential R3 puts in %v", n, time.Since(t0))
+
+	d := startClustered(t, "d")
+	if err := d.SetRoutes([]string{b.ClusterURL()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("fourth server in the meta group after %v", waitMetaGroup(t, 4, a, b, c, d))
+	jsd := jsClient(t, ctx, d)
+	kvd, err := jsd.KeyValue(ctx, "meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := kvd.Get(ctx, "k7"); err != nil || string(e.Value()) != "v" {
+		t.Fatalf("get through the fourth server: %v", err)
+	}
+}
+
+// Two servers form a meta group of two (R1 works); when a third joins, the
+// bucket is raised to R3 by a stream update and keeps its data.
+func TestClusterR1BucketBecomesR3(t *testing.T) {
+	a := startClustered(t, "a")
+	b := startClustered(t, "b", a.ClusterURL())
+	waitMetaGroup(t, 2, a, b)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js := jsClient(t, ctx, a)
+	kv := createKV(t, ctx, js, jetstream.KeyValueConfig{Bucket: "meta"})
+	if _, err := kv.Put(ctx, "x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+
+	c := startClustered(t, "c", b.ClusterURL())
+	waitMetaGroup(t, 3, a, b, c)
+	st, err := js.Stream(ctx, "KV_meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Replicas = 3
+	t0 := time.Now()
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("raise bucket to R3: %v", err)
+	}
+	for {
+		si, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur := 0
+		if si.Cluster != nil {
+			for _, r := range si.Cluster.Replicas {
+				if r.Current {
+					cur++
+				}
+			}
+		}
+		if si.Config.Replicas == 3 && cur == 2 {
+			t.Logf("R3 with both followers current after %v", time.Since(t0))
+			break
+		}
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("bucket not R3 with current followers after 10s: %+v", si.Cluster)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	jsc := jsClient(t, ctx, c)
+	kvc, err := jsc.KeyValue(ctx, "meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := kvc.Get(ctx, "x"); err != nil || string(e.Value()) != "1" {
+		t.Fatalf("get x through the third server: %v", err)
+	}
+}
