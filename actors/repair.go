@@ -134,7 +134,9 @@ func (r *Repairer) Stats() RepairStats {
 // change, when a deferred copy falls due, and every Interval.
 func (r *Repairer) Run(ctx context.Context) error {
 	changes := r.members.Changes()
+	backoff := time.Duration(0)
 	for {
+		before := r.Stats()
 		plan, err := r.Round(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -142,12 +144,24 @@ func (r *Repairer) Run(ctx context.Context) error {
 		if err != nil {
 			r.log.Warn("repair round failed", "err", err)
 		}
+		after := r.Stats()
+		progressed := after.Copied+after.Dropped > before.Copied+before.Dropped
 		wait := r.cfg.Interval
 		if !plan.Wake.IsZero() {
 			wait = min(wait, max(time.Until(plan.Wake), 100*time.Millisecond))
 		}
-		if err == nil && len(plan.Copies)+len(plan.Drops) > 0 {
-			wait = 0 // work was done: look again at once until the mesh is quiet
+		switch {
+		case err == nil && progressed && len(plan.Copies)+len(plan.Drops) > 0:
+			// Work got done: look again at once until the mesh is quiet.
+			wait, backoff = 0, 0
+		case len(plan.Copies)+len(plan.Drops) > 0 || err != nil:
+			// Work is due but none succeeded (a full disk, a node not yet
+			// declared dead): every round lists every peer's inventory, so
+			// back off rather than loop, up to the interval.
+			backoff = min(max(2*backoff, time.Second), r.cfg.Interval)
+			wait = min(wait, backoff)
+		default:
+			backoff = 0
 		}
 		timer := time.NewTimer(wait)
 		select {
@@ -159,7 +173,10 @@ func (r *Repairer) Run(ctx context.Context) error {
 				changes = nil
 			}
 			// Let gossip settle a moment: a death often comes with others.
-			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
 		case <-timer.C:
 		}
 		timer.Stop()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,6 +69,7 @@ type memMesh struct {
 	stores    map[string]*memStore
 	members   []mesh.Member
 	repairers map[string]*Repairer // one per node, living across rounds as in a node
+	putErr    error                // every Put fails with it when set (a full disk)
 }
 
 func (m *memMesh) store(addr string) (*memStore, error) {
@@ -88,6 +90,12 @@ func (m *memMesh) List(ctx context.Context, addr string, fn func(persist.BlockID
 	return s.List(ctx, fn)
 }
 func (m *memMesh) Put(ctx context.Context, addr string, id persist.BlockID, data []byte) error {
+	m.mu.Lock()
+	putErr := m.putErr
+	m.mu.Unlock()
+	if putErr != nil {
+		return putErr
+	}
 	s, err := m.store(addr)
 	if err != nil {
 		return err
@@ -349,4 +357,27 @@ func TestRepairSkipsGarbage(t *testing.T) {
 		}
 	}
 	t.Logf("%d garbage copies stayed removed", removed)
+}
+
+// TestRepairBacksOffWhenCopiesFail: when every copy fails (a target's disk
+// is full), the actor does not re-plan back to back: each round lists every
+// peer's inventory, and a tight loop would hammer the mesh.
+func TestRepairBacksOffWhenCopiesFail(t *testing.T) {
+	const r = 3
+	m, ids := newMemMesh(t, 4, 50, r)
+	m.round(t, r, time.Hour, ids)
+	m.setState("n1", mesh.StateDead, time.Now().Add(-2*time.Hour))
+	m.putErr = fmt.Errorf("put: 507 disk full: %w", syscall.ENOSPC)
+	rep := NewRepairer(m.stores["n2"], m, m, RepairConfig{Self: "n2", Replicas: r, RepairDelay: time.Hour, Rate: 1 << 40, Interval: time.Hour}, quietLog())
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	rep.Run(ctx)
+	st := rep.Stats()
+	if st.Failed == 0 {
+		t.Fatal("no copy was attempted: the test tests nothing")
+	}
+	if st.Rounds > 4 {
+		t.Fatalf("%d rounds in 1.5 s while every copy failed: no back-off", st.Rounds)
+	}
+	t.Logf("%d rounds, %d failed copies in 1.5 s", st.Rounds, st.Failed)
 }
