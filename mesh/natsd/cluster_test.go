@@ -2,6 +2,7 @@ package natsd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -60,20 +61,28 @@ func jsClient(t *testing.T, ctx context.Context, s *Server) jetstream.JetStream 
 	return js
 }
 
-// createKV creates a bucket, retrying while the new meta leader has not yet
-// heard from its peers: for a moment after the election placement fails with
-// "no suitable peers for placement, peer offline" (err_code 10005).
+// createKV creates a bucket, retrying while the meta group is not ready for
+// it. Two things were seen: for a moment after the election placement fails
+// with "no suitable peers for placement, peer offline" (err_code 10005), and
+// on a loaded machine (CI, every package's tests at once) a request sent just
+// after the election got no answer at all, because a meta group that is
+// between leaders drops API requests instead of refusing them. So each
+// attempt has its own deadline, and a timed-out attempt is tried again.
 func createKV(t *testing.T, ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) jetstream.KeyValue {
 	t.Helper()
 	t0 := time.Now()
 	for {
-		kv, err := js.CreateKeyValue(ctx, cfg)
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		kv, err := js.CreateKeyValue(actx, cfg)
+		cancel()
 		if err == nil {
 			return kv
 		}
-		if !strings.Contains(err.Error(), "no suitable peers") || time.Since(t0) > 10*time.Second {
-			t.Fatalf("create bucket %s R%d: %v", cfg.Bucket, cfg.Replicas, err)
+		retry := strings.Contains(err.Error(), "no suitable peers") || errors.Is(err, context.DeadlineExceeded)
+		if !retry || ctx.Err() != nil || time.Since(t0) > 30*time.Second {
+			t.Fatalf("create bucket %s R%d after %v: %v", cfg.Bucket, cfg.Replicas, time.Since(t0), err)
 		}
+		t.Logf("create bucket %s: %v; trying again", cfg.Bucket, err)
 		time.Sleep(100 * time.Millisecond)
 	}
 }
@@ -125,7 +134,7 @@ func TestClusterFormsFromRoutesLearnedLater(t *testing.T) {
 	}
 	t.Logf("meta group of 3 after %v", waitMetaGroup(t, 3, a, b, c))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	js := jsClient(t, ctx, c)
 	kv := createKV(t, ctx, js, jetstream.KeyValueConfig{Bucket: "meta", Replicas: 3})
@@ -160,7 +169,7 @@ func TestClusterR1BucketBecomesR3(t *testing.T) {
 	b := startClustered(t, "b", a.ClusterURL())
 	waitMetaGroup(t, 2, a, b)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	js := jsClient(t, ctx, a)
 	kv := createKV(t, ctx, js, jetstream.KeyValueConfig{Bucket: "meta"})
