@@ -220,3 +220,149 @@ func TestClusterR1BucketBecomesR3(t *testing.T) {
 		t.Fatalf("get x through the third server: %v", err)
 	}
 }
+
+func startTagged(t *testing.T, name string, tags []string, routes ...string) *Server {
+	t.Helper()
+	s, err := Start(Config{Name: name, Dir: t.TempDir(), ClusterName: "mesh", Secret: "s3cret", Routes: routes, Tags: tags})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// A founding server with an untagged witness beside it has a meta group of
+// two, so an R1 bucket placed by tag works at once. Once three tagged
+// servers are in the group, the witness is shut down and removed: the
+// group is three again, the bucket is raised to R3, and it survives the
+// loss of the founding server.
+func TestClusterWitnessRetires(t *testing.T) {
+	data := []string{"data"}
+	a := startTagged(t, "a", data)
+	w := startTagged(t, "a-witness", nil, a.ClusterURL())
+	waitMetaGroup(t, 2, a, w)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	js := jsClient(t, ctx, a)
+	kv := createKV(t, ctx, js, jetstream.KeyValueConfig{Bucket: "meta", Placement: &jetstream.Placement{Tags: data}})
+	if _, err := kv.Put(ctx, "x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	si, err := js.Stream(ctx, "KV_meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := si.CachedInfo().Cluster.Leader; l != "a" {
+		t.Fatalf("R1 bucket placed on %q, want the tagged server a", l)
+	}
+
+	// Two servers joining at once, each routing to the founding pair: in
+	// an earlier version c routed only to b, and the two fresh servers
+	// sometimes elected each other into a second group of two.
+	b := startTagged(t, "b", data, a.ClusterURL(), w.ClusterURL())
+	c := startTagged(t, "c", data, a.ClusterURL(), w.ClusterURL())
+	t.Logf("meta group of 4 after %v", waitMetaGroup(t, 4, a, b, c, w))
+	t0 := time.Now()
+	for {
+		online := 0
+		for _, p := range a.MetaPeers() {
+			if !p.Offline && p.Name != "a-witness" {
+				online++
+			}
+		}
+		if online == 3 {
+			break
+		}
+		if time.Since(t0) > 15*time.Second {
+			t.Fatalf("a does not see three tagged peers online: %+v", a.MetaPeers())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.Shutdown()
+	if err := a.RemovePeer(ctx, "a-witness"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("meta group of 3 after removing the witness: %v", waitMetaGroup(t, 3, a, b, c))
+	for l, _, _ := a.MetaGroup(); l == "" || l == "a-witness"; l, _, _ = a.MetaGroup() {
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	cfg := si.CachedInfo().Config
+	cfg.Replicas = 3
+	retryAPI(t, ctx, "raise bucket to R3", func(ctx context.Context) error {
+		_, err := js.UpdateStream(ctx, cfg)
+		return err
+	})
+	waitCurrent(t, ctx, js, "KV_meta", 2)
+	a.Shutdown()
+
+	jsc := jsClient(t, ctx, c)
+	t1 := time.Now()
+	var kvc jetstream.KeyValue
+	retryAPI(t, ctx, "bind bucket through c", func(ctx context.Context) (err error) {
+		kvc, err = jsc.KeyValue(ctx, "meta")
+		return err
+	})
+	for {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := kvc.Put(actx, "y", []byte("2"))
+		acancel()
+		if err == nil {
+			break
+		}
+		if time.Since(t1) > 20*time.Second {
+			t.Fatalf("put after losing a: %v", err)
+		}
+	}
+	t.Logf("writes go on %v after the founding server went", time.Since(t1))
+	if e, err := kvc.Get(ctx, "x"); err != nil || string(e.Value()) != "1" {
+		t.Fatalf("get x after losing a: %v", err)
+	}
+}
+
+// retryAPI calls fn with a 3 s deadline per attempt until it succeeds,
+// retrying attempts that got no answer (the meta group between leaders).
+func retryAPI(t *testing.T, ctx context.Context, what string, fn func(ctx context.Context) error) {
+	t.Helper()
+	t0 := time.Now()
+	for {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			t.Fatalf("%s after %v: %v", what, time.Since(t0), err)
+		}
+		t.Logf("%s: %v; trying again", what, err)
+	}
+}
+
+// waitCurrent waits until the stream has want followers that are current.
+func waitCurrent(t *testing.T, ctx context.Context, js jetstream.JetStream, stream string, want int) {
+	t.Helper()
+	t0 := time.Now()
+	for {
+		st, err := js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur := 0
+		if ci := st.CachedInfo().Cluster; ci != nil {
+			for _, r := range ci.Replicas {
+				if r.Current {
+					cur++
+				}
+			}
+		}
+		if cur == want {
+			return
+		}
+		if time.Since(t0) > 15*time.Second {
+			t.Fatalf("%s: %d current followers after 15s, want %d", stream, cur, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -32,7 +33,7 @@ type Config struct {
 	Dir    string // JetStream store dir (e.g. <datadir>/nats)
 	Host   string // listen host, default 127.0.0.1
 	Port   int    // client port; 0 = pick a free port
-	Secret string // cluster secret: clients must present it as their token; empty = no auth (tests only)
+	Secret string // cluster secret: clients and routes must present it as their password; empty = no auth (tests only)
 	// Log receives the server's log lines; nil keeps the server silent.
 	Log *slog.Logger
 
@@ -46,11 +47,21 @@ type Config struct {
 	// more can be given later with SetRoutes. The server always adds a route
 	// to itself, since clustered JetStream refuses to start without one.
 	Routes []string
+	// Tags are the server's placement tags: a stream placed with tags goes
+	// only to servers that have all of them.
+	Tags []string
 }
 
-// clusterUser is the user name routes authenticate with; the password is
-// Config.Secret.
-const clusterUser = "meshfs"
+// Users clients and routes authenticate as; the password of each is
+// Config.Secret. clientUser is in account MESH, where the metadata lives; systemUser is in the system account, the only one allowed to
+// change the JetStream meta group (RemovePeer).
+const (
+	clusterUser = "meshfs"
+	clientUser  = "meshfs"
+	systemUser  = "meshfs-system"
+	clientAcct  = "MESH"
+	systemAcct  = "SYS"
+)
 
 // Server is a running embedded NATS server.
 type Server struct {
@@ -83,10 +94,23 @@ func Start(cfg Config) (*Server, error) {
 		StoreDir:   cfg.Dir,
 		// Fsync every write before it is acknowledged: with the default
 		// two-minute sync interval a power loss drops acknowledged metadata.
-		SyncAlways:    true,
-		Authorization: cfg.Secret,
-		NoLog:         true,
-		NoSigs:        true,
+		SyncAlways: true,
+		NoLog:      true,
+		NoSigs:     true,
+		Tags:       jwt.TagList(cfg.Tags),
+	}
+	if cfg.Secret != "" {
+		// Accounts are set through the configuration language, the only way
+		// to enable JetStream for a named account; with just the global and
+		// the system account the server would also let anonymous clients in.
+		conf := fmt.Sprintf(`accounts {
+			%s { jetstream: enabled, users: [ {user: %q, password: %q} ] }
+			%s { users: [ {user: %q, password: %q} ] }
+		}
+		system_account: %s`, clientAcct, clientUser, cfg.Secret, systemAcct, systemUser, cfg.Secret, systemAcct)
+		if err := opts.ProcessConfigString(conf); err != nil {
+			return nil, fmt.Errorf("start nats server %q: accounts: %w", cfg.Name, err)
+		}
 	}
 	if cfg.ClusterName != "" {
 		cport := cfg.ClusterPort
@@ -257,7 +281,7 @@ func (s *Server) Shutdown() {
 }
 
 // Connect connects to any of the servers at urls, presenting secret as the
-// token and name as the connection's name. It retries with backoff until ctx
+// password and name as the connection's name. It retries with backoff until ctx
 // ends; a rejected secret fails at once, since retrying cannot help. Once
 // connected, the connection reconnects forever.
 func Connect(ctx context.Context, urls []string, secret, name string) (*nats.Conn, error) {
@@ -284,7 +308,7 @@ func Connect(ctx context.Context, urls []string, secret, name string) (*nats.Con
 			nats.MaxPingsOutstanding(3),
 		}
 		if secret != "" {
-			opts = append(opts, nats.Token(secret))
+			opts = append(opts, nats.UserInfo(clientUser, secret))
 		}
 		nc, err := nats.Connect(servers, opts...)
 		if err == nil {
