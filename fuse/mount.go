@@ -75,6 +75,11 @@ type Options struct {
 	// EntryTimeout and AttrTimeout are the kernel's cache timeouts for
 	// names and attributes; zero means 1 s, a negative value disables the cache.
 	EntryTimeout, AttrTimeout time.Duration
+	// Feed, when set, is followed to invalidate the kernel's caches of
+	// names, attributes and content that other mounts change, so that
+	// long cache timeouts stay fresh. Without it, other mounts' changes
+	// show once the kernel's cache times out.
+	Feed ChangeFeed
 	// TouchInterval is how often the blocks uploaded for writes not yet
 	// committed are touched on the nodes (when Blocks can Touch), so their
 	// collectors, whose grace period must be longer, never take them from
@@ -137,6 +142,9 @@ type FS struct {
 	filesMu sync.Mutex
 	files   map[meta.Ino]*fileState // open regular files, by inode
 
+	kernel  kernelInodes // nodes the kernel knows, for invalidations
+	changes atomic.Int64 // change feed events seen
+
 	// beforeCommit, if set, is called by a flush after its uploads have
 	// landed and before it commits: a test hook, to let writes race the
 	// commit deterministically. Atomic because tests set it while the
@@ -186,6 +194,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		buf:        newBudget(opts.WriteBuffer),
 		uploadSem:  make(chan struct{}, opts.Uploads),
 		files:      make(map[meta.Ino]*fileState),
+		kernel:     kernelInodes{m: make(map[meta.Ino]*fs.Inode)},
 	}
 	m.cache = newBlockCache(readCacheBlocks, maxPrefetches)
 	if t, ok := opts.Blocks.(blockToucher); ok {
@@ -234,6 +243,11 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		_ = server.Unmount()
 		cancel()
 		return nil, fmt.Errorf("meshfs mount at %s: %w", abs, err)
+	}
+	m.kernel.seen(meta.RootIno, root.EmbeddedInode())
+	if opts.Feed != nil {
+		m.bg.Add(1)
+		go m.follow(opts.Feed)
 	}
 	logger.Info("meshfs mounted")
 	return m, nil

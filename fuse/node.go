@@ -71,10 +71,12 @@ func caller(ctx context.Context) (uid, gid uint32) {
 // child returns the tree node for an inode the metadata store described.
 func (n *node) child(ctx context.Context, attr meta.Attr, out *gofuse.EntryOut) *fs.Inode {
 	n.m.fillAttr(&out.Attr, attr)
-	return n.NewInode(ctx, &node{m: n.m}, fs.StableAttr{
+	in := n.NewInode(ctx, &node{m: n.m}, fs.StableAttr{
 		Mode: attr.Mode & syscall.S_IFMT,
 		Ino:  uint64(attr.Ino),
 	})
+	n.m.kernel.made(attr.Ino, in)
+	return in
 }
 
 // fillAttr converts attributes for the kernel. A file this mount holds
@@ -113,6 +115,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 	if e := checkName(name); e != 0 {
 		return nil, e
 	}
+	n.m.kernel.seen(n.ino(), n.EmbeddedInode())
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
 	attr, err := n.m.meta.Lookup(mctx, n.ino(), name)
@@ -123,6 +126,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
+	n.m.kernel.seen(n.ino(), n.EmbeddedInode())
 	st := n.m.fileFor(n.ino())
 	var seq uint64
 	if st != nil {
@@ -273,6 +277,7 @@ func (n *node) openExisting(ctx context.Context, name string, flags uint32, out 
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	n.m.kernel.seen(n.ino(), n.EmbeddedInode())
 	h, err := n.m.openFile(ctx, n.ino())
 	if err != nil {
 		return nil, 0, n.m.errno("open", err, "ino", n.ino())
@@ -343,6 +348,7 @@ func (n *node) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	n.m.kernel.seen(n.ino(), n.EmbeddedInode())
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
 	entries, err := n.m.meta.ReadDir(mctx, n.ino())

@@ -48,6 +48,8 @@ func openStore(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error)
 		kv:         kv,
 		opts:       opts,
 		subjPrefix: "$KV." + opts.Bucket + ".",
+		stream:     stream,
+		origin:     randomID()[:16],
 		msgGetSubj: "$JS.API.STREAM.MSG.GET." + stream,
 		// A few tries fit in one operation; a leader change takes well
 		// under a second.
@@ -75,12 +77,16 @@ func bindBucket(ctx context.Context, js jetstream.JetStream, opts Options) (jets
 		return nil, fmt.Errorf("bind: %w", ErrNoFileSystem)
 	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		cfg := jetstream.KeyValueConfig{
 			Bucket:   opts.Bucket,
 			History:  1,
 			Replicas: opts.Replicas,
 			Storage:  jetstream.FileStorage,
-		})
+		}
+		if len(opts.PlacementTags) > 0 {
+			cfg.Placement = &jetstream.Placement{Tags: opts.PlacementTags}
+		}
+		kv, err = js.CreateKeyValue(ctx, cfg)
 		if err != nil {
 			// Another store may have created it (and changed its stream
 			// config, so ours no longer matches) in the meantime.

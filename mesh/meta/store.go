@@ -84,8 +84,11 @@ type SetAttrIn struct {
 type Options struct {
 	// Bucket is the KV bucket's name; default "meshfs_meta".
 	Bucket string
-	// Replicas is the bucket's replica count; default 1.
+	// Replicas is the bucket's replica count when Open creates it; default 1.
 	Replicas int
+	// PlacementTags, when Open creates the bucket, restrict its replicas to
+	// servers that have all these tags.
+	PlacementTags []string
 	// BlockSize is the cluster block size; it defines slot geometry.
 	BlockSize int
 	// OpTimeout bounds each metadata call that has no earlier deadline of
@@ -112,6 +115,8 @@ type Store struct {
 	locks *inoLocks
 
 	subjPrefix string // "$KV.<bucket>."
+	stream     string // "KV_<bucket>"
+	origin     string // written with every change, see Watch
 	msgGetSubj string // the stream's message-get API subject (answered by the leader)
 	// attemptTimeout bounds one request, so that a lost one is retried
 	// within the operation's deadline.

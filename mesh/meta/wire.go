@@ -235,6 +235,7 @@ func (s *Store) send(ctx context.Context, ops []op, idBase string) error {
 		m := nats.NewMsg(s.subjPrefix + o.key)
 		m.Header.Set(hdrExpectedSubjSeq, strconv.FormatUint(o.rev, 10))
 		m.Header.Set(hdrMsgID, idBase+"."+strconv.Itoa(i+1))
+		m.Header.Set(hdrOrigin, s.origin)
 		if o.del {
 			m.Header.Set(hdrKVOperation, kvOpDelete)
 		} else {
