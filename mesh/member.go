@@ -24,15 +24,18 @@ const (
 // It travels as memberlist node meta (JSON) and in the block API's member
 // listing.
 type Member struct {
-	Name     string `json:"name"`
-	Gossip   string `json:"gossip"` // host:port of memberlist
-	HTTP     string `json:"http"`   // host:port of the block API
-	NATS     string `json:"nats"`   // host:port of the embedded NATS client listener
+	Name   string `json:"name"`
+	Gossip string `json:"gossip"` // host:port of memberlist
+	HTTP   string `json:"http"`   // host:port of the block API
+	NATS   string `json:"nats"`   // host:port of the embedded NATS client listener
+	// Route is the embedded NATS server's cluster URL
+	// (nats-route://host:port): the servers learn each other's routes here
+	// and form one JetStream cluster that holds the metadata.
+	Route    string `json:"route,omitempty"`
 	Zone     string `json:"zone,omitempty"`
 	Capacity int64  `json:"capacity,omitempty"` // bytes the node may store; 0 = unknown
-	// MetaHome marks the node whose NATS server holds the metadata. Until
-	// the NATS servers cluster, one node (the one the mesh was started on)
-	// is the metadata home and mounts connect to it.
+	// MetaHome marks the node the mesh was started on, which created the
+	// file system. Two of them in one mesh are two meshes joined by mistake.
 	MetaHome bool `json:"meta_home,omitempty"`
 	// BlockSize and Replicas are the cluster's settings as this node knows
 	// them; a node joining with a fresh data dir adopts them from its peers.

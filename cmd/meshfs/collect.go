@@ -14,8 +14,8 @@ import (
 )
 
 // metaRefs gives a node's collector the metadata's referenced blocks. It
-// connects to the metadata home (learned through gossip) when first asked,
-// and again after a failure.
+// connects to the metadata servers (learned through gossip) when first
+// asked, and again after a failure.
 type metaRefs struct {
 	members   *mesh.Membership
 	token     string
@@ -45,19 +45,19 @@ func (r *metaRefs) open(ctx context.Context) (*meta.Store, error) {
 	if r.store != nil {
 		return r.store, nil
 	}
-	url, err := metaHomeURL(r.members.Members())
+	urls, err := metaURLs(r.members.Members())
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	nc, err := natsd.Connect(cctx, []string{url}, r.token, "meshfs node "+r.name+" collector")
+	nc, err := natsd.Connect(cctx, urls, r.token, "meshfs node "+r.name+" collector")
 	if err != nil {
 		return nil, err
 	}
 	// MustExist: marking against a bucket created here, empty, would
 	// condemn every block.
-	s, err := meta.Open(cctx, nc, meta.Options{BlockSize: r.blockSize, MustExist: true})
+	s, err := meta.Open(cctx, nc, meta.Options{Bucket: metaBucket, BlockSize: r.blockSize, MustExist: true})
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("open metadata: %w", err)

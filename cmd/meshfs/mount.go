@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/meshfs/meshfs/fuse"
-	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/mesh/blocknet"
 	"github.com/meshfs/meshfs/mesh/meta"
 	"github.com/meshfs/meshfs/mesh/natsd"
@@ -23,6 +22,7 @@ func runMount(args []string) error {
 	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET)")
 	writeBuffer := fs.Int64("write-buffer", 256<<20, "bytes of written data a mount buffers before writes wait for uploads")
 	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
+	cacheTimeout := fs.Duration("cache-timeout", 10*time.Second, "how long the kernel may cache names and attributes; other mounts' changes are pushed to it at once through the change feed, so this only bounds staleness while the feed is cut off (0 disables the cache)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	debug := fs.Bool("debug", false, "log every FUSE request")
 	pos, err := parseFlags(fs, args)
@@ -48,6 +48,7 @@ func runMount(args []string) error {
 	m, err := mountMesh(ctx, log, mountConfig{
 		Mountpoint: pos[0], Seeds: joins, Secret: secret,
 		WriteBuffer: *writeBuffer, JoinTimeout: *joinTimeout, Debug: *debug,
+		CacheTimeout: *cacheTimeout,
 	})
 	if err != nil {
 		return err
@@ -72,6 +73,9 @@ type mountConfig struct {
 	WriteBuffer int64
 	JoinTimeout time.Duration
 	Debug       bool
+	// CacheTimeout is the kernel's cache timeout for names and attributes;
+	// 0 disables the cache.
+	CacheTimeout time.Duration
 }
 
 // meshMount is a mounted meshfs and everything it holds open.
@@ -104,24 +108,30 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 		}
 	}()
 	info := view.Info()
-	natsURL, err := metaHome(jctx, view)
+	urls, err := waitMetaURLs(jctx, view)
 	if err != nil {
 		return nil, err
 	}
-	m.nc, err = natsd.Connect(jctx, []string{natsURL}, cfg.Secret.NATSToken(), "meshfs mount "+cfg.Mountpoint)
+	m.nc, err = natsd.Connect(jctx, urls, cfg.Secret.NATSToken(), "meshfs mount "+cfg.Mountpoint)
 	if err != nil {
 		return nil, err
 	}
-	m.store, err = meta.Open(jctx, m.nc, meta.Options{BlockSize: info.BlockSize})
+	m.store, err = openMeta(jctx, m.nc, info.BlockSize)
 	if err != nil {
-		return nil, fmt.Errorf("open metadata: %w", err)
+		return nil, err
+	}
+	timeout := cfg.CacheTimeout
+	if timeout == 0 {
+		timeout = -1 // fuse.Options: negative disables, zero is the default
 	}
 	m.fs, err = fuse.Mount(cfg.Mountpoint, fuse.Options{
+		EntryTimeout: timeout, AttrTimeout: timeout,
 		Meta:        m.store,
 		Blocks:      blocknet.NewReplicator(client, view.Members, info.Replication),
 		BlockSize:   info.BlockSize,
 		StatFS:      meshStatFS(client, view),
 		WriteBuffer: cfg.WriteBuffer,
+		Feed:        m.store,
 		Debug:       cfg.Debug,
 		Logger:      log,
 	})
@@ -132,41 +142,38 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 	return m, nil
 }
 
-// metaHome finds the NATS server that holds the metadata, waiting for the
-// view to show it.
-func metaHome(ctx context.Context, view *blocknet.ClusterView) (string, error) {
+// waitMetaURLs waits for the view to show nodes serving metadata.
+func waitMetaURLs(ctx context.Context, view *blocknet.ClusterView) ([]string, error) {
 	for {
-		url, err := metaHomeURL(view.Members())
+		urls, err := metaURLs(view.Members())
 		if err == nil {
-			return url, nil
+			return urls, nil
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("find the metadata server: %w", err)
+			return nil, fmt.Errorf("find the metadata servers: %w", err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
-// metaHomeURL picks the live node that holds the metadata. Mounts and
-// collectors must agree on it, and a mesh where two nodes claim it (two
-// meshes joined by hand) is refused rather than guessed at.
-func metaHomeURL(members []mesh.Member) (string, error) {
-	var homes []mesh.Member
-	for _, m := range members {
-		if m.MetaHome {
-			homes = append(homes, m)
+// openMeta opens the file system's metadata, which must exist: the node
+// that started the mesh creates it. It waits while the metadata cluster
+// elects its leaders, or the first node has not created it yet.
+func openMeta(ctx context.Context, nc *nats.Conn, blockSize int) (*meta.Store, error) {
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, err := meta.Open(octx, nc, meta.Options{Bucket: metaBucket, BlockSize: blockSize, MustExist: true})
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("open metadata: %w", err)
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	switch {
-	case len(homes) > 1:
-		return "", fmt.Errorf("nodes %s and %s both claim to hold the metadata; start every node but the first with --join", homes[0].Name, homes[1].Name)
-	case len(homes) == 0:
-		return "", fmt.Errorf("no node of the mesh (%d members) holds the metadata", len(members))
-	case !homes[0].Live():
-		return "", fmt.Errorf("node %s, which holds the metadata, is %s", homes[0].Name, homes[0].State)
-	}
-	return "nats://" + homes[0].NATS, nil
 }
 
 // Close unmounts and releases everything; safe on a half-built mount.

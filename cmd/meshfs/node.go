@@ -36,6 +36,9 @@ type nodeState struct {
 	BlockSize int    `json:"block_size"`
 	Replicas  int    `json:"replicas"`
 	MetaHome  bool   `json:"meta_home"`
+	// FSCreated: this node started the mesh and has created its file
+	// system (the metadata bucket and the root directory).
+	FSCreated bool `json:"fs_created,omitempty"`
 	// The addresses bound last time. A flag with port 0 reuses them when
 	// they are free, so a restarted node comes back where its peers knew it
 	// and gossip takes it back at once instead of seeing an address conflict.
@@ -147,6 +150,7 @@ func runNode(args []string) error {
 		ns, err = natsd.Start(natsd.Config{
 			Name: state.Name, Dir: filepath.Join(*data, "nats"),
 			Host: host, Port: port, Secret: secret.NATSToken(),
+			ClusterName: metaClusterName, Tags: dataTags,
 		})
 		return err
 	})
@@ -154,11 +158,21 @@ func runNode(args []string) error {
 		return fmt.Errorf("start metadata server: %w", err)
 	}
 	defer ns.Shutdown()
+	// The node that starts a mesh runs a witness until the mesh has three
+	// metadata servers (see metacluster.go); a restart finds its dir.
+	witnessDir := filepath.Join(*data, "nats-witness")
+	var witness *natsd.Server
+	if _, err := os.Stat(witnessDir); (fresh && len(joins) == 0) || (!fresh && state.MetaHome && err == nil) {
+		host, _, _ := splitHostPort(ns.Addr())
+		if witness, err = startWitness(state.Name, witnessDir, host, secret.NATSToken(), ns, nil); err != nil {
+			return err
+		}
+	}
 
 	var members *mesh.Membership
 	err = withPreferred(*gossip, state.Gossip, func(addr string) (err error) {
 		members, err = mesh.NewMembership(mesh.MembershipConfig{Secret: secret, Logger: log, Self: mesh.Member{
-			Name: state.Name, Gossip: addr, HTTP: apiLn.Addr().String(), NATS: ns.Addr(),
+			Name: state.Name, Gossip: addr, HTTP: apiLn.Addr().String(), NATS: ns.Addr(), Route: ns.ClusterURL(),
 			Zone: *zone, Capacity: *capacity,
 			MetaHome: state.MetaHome, BlockSize: state.BlockSize, Replicas: state.Replicas,
 		}})
@@ -200,6 +214,18 @@ func runNode(args []string) error {
 	client := blocknet.NewClient(secret.BlockKey(), time.Minute)
 	sup := actors.NewSupervisor(ctx, log)
 	defer sup.Close()
+	keeper := &metaCluster{
+		log: log.With("actor", "metadata"), self: state.Name, members: members, ns: ns,
+		secret: secret.NATSToken(), blockSize: state.BlockSize, witnessDir: witnessDir, witness: witness,
+		createFS: state.MetaHome && !state.FSCreated,
+		created: func() error {
+			state.FSCreated = true
+			return saveNodeState(*data, state)
+		},
+		ready: make(chan struct{}),
+	}
+	defer keeper.Close()
+	sup.Start("metadata", keeper)
 	// Good copies come from the other nodes only: reading our own corrupt
 	// copy would report it to ourselves, over and over.
 	others := blocknet.NewReplicator(client, func() []mesh.Member {
@@ -232,7 +258,7 @@ func runNode(args []string) error {
 			},
 			Suspect: scrubber.Check,
 			Actors: func() json.RawMessage {
-				b, _ := json.Marshal(nodeActors{Scrub: scrubber.Stats(), Repair: repairer.Stats(), Collect: collector.Stats(), Restarts: sup.Restarts()})
+				b, _ := json.Marshal(nodeActors{Scrub: scrubber.Stats(), Repair: repairer.Stats(), Collect: collector.Stats(), Restarts: sup.Restarts(), Meta: keeper.Info()})
 				return b
 			},
 		}),
@@ -242,6 +268,19 @@ func runNode(args []string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(apiLn) }()
 
+	if fresh {
+		// A new node is ready once it takes part in the metadata cluster
+		// (and the first one once the file system exists). A restarted
+		// node does not wait: its peers may still be down, and its blocks
+		// are wanted meanwhile.
+		select {
+		case <-keeper.Ready():
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*joinTimeout):
+			log.Warn("no metadata leader yet; serving blocks meanwhile", "waited", *joinTimeout)
+		}
+	}
 	addrs := nodeAddrs{Name: state.Name, PID: os.Getpid(), Gossip: members.Self().Gossip, HTTP: apiLn.Addr().String(), NATS: ns.Addr()}
 	if err := writeJSONAtomic(filepath.Join(*data, "addr.json"), addrs); err != nil {
 		return err
@@ -271,6 +310,7 @@ type nodeActors struct {
 	Repair   actors.RepairStats  `json:"repair"`
 	Collect  actors.CollectStats `json:"collect"`
 	Restarts map[string]int64    `json:"restarts,omitempty"`
+	Meta     metaInfo            `json:"meta"`
 }
 
 // fetcher gives the scrubber good copies from the other nodes (its

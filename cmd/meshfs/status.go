@@ -57,6 +57,9 @@ type statusReport struct {
 	Scrub                 statusScrub   `json:"scrub"`
 	Collect               statusCollect `json:"collect"`
 	ActorRestarts         int64         `json:"actor_restarts"` // actors restarted after a panic, all nodes
+	// Metadata is the metadata cluster as the live nodes see it: the view
+	// of the node that leads it, else of the first node that answered.
+	Metadata metaInfo `json:"metadata"`
 }
 
 type statusCollect struct {
@@ -141,6 +144,7 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 	copies := map[persist.BlockID]*actors.BlockCopies{}
 	var passBlocks, passChecked int64
 	waiting := 0
+	metaFrom := "" // the node whose metadata view the report shows
 	rep.Scrub.Passes = -1
 	for _, m := range info.Members {
 		sm := statusMember{Name: m.Name, State: string(m.State), Zone: m.Zone, HTTP: m.HTTP}
@@ -182,6 +186,9 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 					rep.Collect.Failed += na.Collect.Failed
 					for _, n := range na.Restarts {
 						rep.ActorRestarts += n
+					}
+					if (metaFrom == "" && na.Meta.Error == "") || na.Meta.MetaLeader == m.Name {
+						rep.Metadata, metaFrom = na.Meta, m.Name
 					}
 				}
 			}
@@ -234,6 +241,20 @@ func printStatus(w io.Writer, rep statusReport, bars bool) {
 	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d (%d by scrub passes, %d reported by readers), repaired %d\n",
 		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.ByPass, rep.Scrub.Corrupt-rep.Scrub.ByPass, rep.Scrub.Repaired)
 	fmt.Fprintf(w, "collect: %d unreferenced copies removed (%d bytes)\n", rep.Collect.Collected, rep.Collect.CollectedBytes)
+	md := rep.Metadata
+	switch {
+	case md.Error != "":
+		fmt.Fprintf(w, "metadata: unavailable: %s\n", md.Error)
+	default:
+		fmt.Fprintf(w, "metadata: %d replicas (%d up to date), leader %s; %d metadata servers", md.Replicas, md.Current, md.Leader, md.Servers)
+		if md.Replicas < metaReplicas {
+			fmt.Fprintf(w, " (fewer than %d: %d replica survives no node loss)", metaReplicas, md.Replicas)
+		}
+		if md.Witness {
+			fmt.Fprint(w, "; a witness votes until there are 3")
+		}
+		fmt.Fprintln(w)
+	}
 	if rep.ActorRestarts > 0 {
 		fmt.Fprintf(w, "actors restarted after a panic: %d (see the nodes' logs)\n", rep.ActorRestarts)
 	}

@@ -140,7 +140,7 @@ func runUp(args []string) error {
 	}
 	m, err := mountMesh(ctx, log, mountConfig{
 		Mountpoint: mnt, Seeds: []string{st.Nodes[0].HTTP}, Secret: secret,
-		WriteBuffer: 256 << 20, JoinTimeout: 30 * time.Second,
+		WriteBuffer: 256 << 20, JoinTimeout: 30 * time.Second, CacheTimeout: 10 * time.Second,
 	})
 	if err != nil {
 		return err
