@@ -23,6 +23,7 @@ func runMount(args []string) error {
 	writeBuffer := fs.Int64("write-buffer", 256<<20, "bytes of written data a mount buffers before writes wait for uploads")
 	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
 	cacheTimeout := fs.Duration("cache-timeout", 10*time.Second, "how long the kernel may cache names and attributes; other mounts' changes are pushed to it at once through the change feed, so this only bounds staleness while the feed is cut off (0 disables the cache)")
+	invalidate := fs.Bool("invalidate", true, "follow the metadata change feed and invalidate the kernel's caches of what other mounts change; false leaves freshness to --cache-timeout alone, as most network file systems do")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	debug := fs.Bool("debug", false, "log every FUSE request")
 	pos, err := parseFlags(fs, args)
@@ -48,7 +49,7 @@ func runMount(args []string) error {
 	m, err := mountMesh(ctx, log, mountConfig{
 		Mountpoint: pos[0], Seeds: joins, Secret: secret,
 		WriteBuffer: *writeBuffer, JoinTimeout: *joinTimeout, Debug: *debug,
-		CacheTimeout: *cacheTimeout,
+		CacheTimeout: *cacheTimeout, NoFeed: !*invalidate,
 	})
 	if err != nil {
 		return err
@@ -76,6 +77,8 @@ type mountConfig struct {
 	// CacheTimeout is the kernel's cache timeout for names and attributes;
 	// 0 disables the cache.
 	CacheTimeout time.Duration
+	// NoFeed leaves the change feed alone (no invalidations).
+	NoFeed bool
 }
 
 // meshMount is a mounted meshfs and everything it holds open.
@@ -120,6 +123,10 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 	if err != nil {
 		return nil, err
 	}
+	var feed fuse.ChangeFeed = m.store
+	if cfg.NoFeed {
+		feed = nil
+	}
 	timeout := cfg.CacheTimeout
 	if timeout == 0 {
 		timeout = -1 // fuse.Options: negative disables, zero is the default
@@ -131,7 +138,7 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 		BlockSize:   info.BlockSize,
 		StatFS:      meshStatFS(client, view),
 		WriteBuffer: cfg.WriteBuffer,
-		Feed:        m.store,
+		Feed:        feed,
 		Debug:       cfg.Debug,
 		Logger:      log,
 	})
