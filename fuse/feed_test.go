@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -129,4 +130,58 @@ func TestWithoutFeedLongCachesGoStale(t *testing.T) {
 	if st.Size() != 3 {
 		t.Fatalf("without the feed b sees size %d at once; the kernel did not cache, so the feed test proves nothing", st.Size())
 	}
+}
+
+// deafFeed delivers no changes, only the resets the test asks for: a feed
+// that missed changes while it was cut off.
+type deafFeed struct{ reset chan struct{} }
+
+func (f deafFeed) Watch(ctx context.Context, fn func(meta.Change)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-f.reset:
+			fn(meta.Change{Kind: meta.ChangeReset})
+		}
+	}
+}
+
+// After a reset of the feed the mount drops what the kernel caches (names
+// and attributes), rather than trusting it.
+func TestFeedResetDropsKernelCaches(t *testing.T) {
+	tm := newTestMesh(t)
+	_, a := tm.mount(longCache(true))
+	feed := deafFeed{reset: make(chan struct{})}
+	_, b := tm.mount(func(o *Options) {
+		o.EntryTimeout, o.AttrTimeout = time.Hour, time.Hour
+		o.Feed = feed
+	})
+	if err := os.MkdirAll(filepath.Join(a, "d", "e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(a, "d", "e", "f"), []byte("one"))
+	if st, err := os.Stat(filepath.Join(b, "d", "e", "f")); err != nil || st.Size() != 3 {
+		t.Fatalf("stat: %v", err)
+	}
+	mustWrite(t, filepath.Join(a, "d", "e", "f"), []byte("two two"))
+	if err := os.Rename(filepath.Join(a, "d", "e"), filepath.Join(a, "d", "e2")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(filepath.Join(b, "d", "e", "f")); err != nil {
+		t.Fatalf("b forgot d/e/f before any reset (so its kernel does not cache, and this test proves nothing): %v", err)
+	}
+	feed.reset <- struct{}{}
+	eventually(t, "old name after reset", gone(filepath.Join(b, "d", "e")))
+	eventually(t, "new content after reset", func() error {
+		st, err := os.Stat(filepath.Join(b, "d", "e2", "f"))
+		if err != nil {
+			return err
+		}
+		if st.Size() != 7 {
+			return errors.New("stale size")
+		}
+		return nil
+	})
 }
