@@ -27,23 +27,32 @@ func (s *Store) lookup(ctx context.Context, parent Ino, name string) (Attr, erro
 	if err := checkName(name); err != nil {
 		return Attr{}, err
 	}
-	t := s.newTx(ctx)
-	d, err := t.dirent(parent, name)
-	if err != nil {
-		return Attr{}, err
-	}
-	if d.dent == nil {
-		// Tell a missing name from a missing or non-directory parent.
-		if _, err := t.needDir(parent); err != nil {
-			return Attr{}, err
+	var out Attr
+	// Through run: the name and its inode are read one after the other,
+	// and the answer is checked to have held at one moment (see run).
+	err := s.run(ctx, func(t *tx) error {
+		d, err := t.dirent(parent, name)
+		if err != nil {
+			return err
 		}
-		return Attr{}, syscall.ENOENT
-	}
-	e, err := t.needInode(d.dent.Ino)
+		if d.dent == nil {
+			// Tell a missing name from a missing or non-directory parent.
+			if _, err := t.needDir(parent); err != nil {
+				return err
+			}
+			return syscall.ENOENT
+		}
+		e, err := t.needInode(d.dent.Ino)
+		if err != nil {
+			return err
+		}
+		out = e.inode.attr()
+		return nil
+	})
 	if err != nil {
 		return Attr{}, err
 	}
-	return e.inode.attr(), nil
+	return out, nil
 }
 
 func (s *Store) readDir(ctx context.Context, parent Ino) ([]DirEntry, error) {
@@ -52,43 +61,38 @@ func (s *Store) readDir(ctx context.Context, parent Ino) ([]DirEntry, error) {
 		return nil, err
 	}
 	prefix := direntPrefix(parent)
-	var out []DirEntry
-	var bad error
-	err := s.scan(ctx, prefix+">", func(key string, val []byte, _ uint64) bool {
-		name, err := direntName(prefix, key)
-		if err != nil {
-			bad = err
-			return false
-		}
-		var d direntRec
-		if err := json.Unmarshal(val, &d); err != nil {
-			bad = fmt.Errorf("decode %s: %w", key, err)
-			return false
-		}
-		out = append(out, DirEntry{Name: name, Ino: d.Ino, Mode: d.Mode})
-		return true
-	})
-	if err == nil {
-		err = bad
-	}
+	keys, err := s.scanFresh(ctx, prefix+">")
 	if err != nil {
 		return nil, err
+	}
+	out := make([]DirEntry, 0, len(keys))
+	for key, v := range keys {
+		name, err := direntName(prefix, key)
+		if err != nil {
+			return nil, err
+		}
+		var d direntRec
+		if err := json.Unmarshal(v.val, &d); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", key, err)
+		}
+		out = append(out, DirEntry{Name: name, Ino: d.Ino, Mode: d.Mode})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 
-// dirEmpty reports whether directory ino has no entries. Callers must have
-// read the directory's inode before, and write it (or delete it) in their
-// commit: every change to a directory's entries also writes its inode, so
-// that expectation keeps the answer true until the commit.
+// dirEmpty reports whether directory ino has no entries, as of a moment
+// after the call (see scanFresh: a lagging replica's answer would let rmdir
+// remove a directory that just got an entry). Callers must have read the
+// directory's inode before, and write it (or delete it) in their commit:
+// every change to a directory's entries also writes its inode, so that
+// expectation keeps the answer true until the commit.
 func (s *Store) dirEmpty(ctx context.Context, ino Ino) (bool, error) {
-	empty := true
-	err := s.scan(ctx, direntPrefix(ino)+">", func(string, []byte, uint64) bool {
-		empty = false
-		return false
-	})
-	return empty, err
+	keys, err := s.scanFresh(ctx, direntPrefix(ino)+">")
+	if err != nil {
+		return false, err
+	}
+	return len(keys) == 0, nil
 }
 
 // touchDir records a change of a directory's entries.
@@ -363,6 +367,12 @@ func (s *Store) rename(ctx context.Context, oldParent Ino, oldName string, newPa
 				return syscall.ENOTDIR
 			case !srcDir && dstDir:
 				return syscall.EISDIR
+			case dstDir && dd.dent.Ino == oldParent:
+				// The target is the directory the source is in: not
+				// empty. (Said before any emptiness check, whose answer
+				// could not be trusted here: the source's parent and
+				// the replaced directory would be one entry.)
+				return syscall.ENOTEMPTY
 			case dstDir && de.inode != nil:
 				empty, err := s.dirEmpty(t.ctx, dd.dent.Ino)
 				if err != nil {

@@ -60,7 +60,20 @@ func (s *Store) run(ctx context.Context, body func(t *tx) error) error {
 		t := s.newTx(ctx)
 		err := body(t)
 		again := errors.Is(err, errAgain)
-		if err == nil || again {
+		var errno syscall.Errno
+		switch {
+		case (err == nil && t.staged() == 0) || errors.As(err, &errno):
+			// An answer without a commit (an error, a lookup, a rename
+			// of a name onto itself) rests on keys read one after
+			// another; it holds only if none of them changed meanwhile,
+			// which no commit expectation checks for it. Without this,
+			// two clients both saw their rename of one directory
+			// succeed, and a rename failed with ENOENT while its
+			// source existed throughout.
+			if verr := t.validate(); verr != nil {
+				err = verr
+			}
+		case err == nil || again:
 			err = t.commit()
 		}
 		// A conflict may also come from body, when what it read does not
@@ -239,4 +252,22 @@ func (t *tx) staged() int {
 		}
 	}
 	return n
+}
+
+// validate re-reads every key the attempt read and fails with errConflict if
+// any of them changed: then the reads were not all true at one moment.
+func (t *tx) validate() error {
+	for _, e := range t.ents {
+		if e.write && e.rev == 0 && !e.found {
+			continue // staged fresh, never read
+		}
+		v, err := t.s.get(t.ctx, e.key)
+		if err != nil {
+			return err
+		}
+		if v.rev != e.rev {
+			return fmt.Errorf("%w: %s changed while the operation read", errConflict, e.key)
+		}
+	}
+	return nil
 }

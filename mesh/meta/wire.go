@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -302,28 +303,181 @@ func randomID() string {
 // scan calls fn for every live key matching filter (a key pattern with
 // wildcards) with its value and revision, until fn returns false. It reads
 // the latest value of each key through an ordered consumer that the scan
-// deletes when it ends.
+// deletes when it ends. The consumer may sit on any replica, a lagging one
+// too: scan suits readers that need no recency (the collector, which has
+// its grace period); directories use scanFresh.
 func (s *Store) scan(ctx context.Context, filter string, fn func(key string, val []byte, rev uint64) bool) error {
-	w, err := s.kv.WatchFiltered(ctx, []string{filter}, jetstream.IgnoreDeletes())
+	_, err := s.watchAll(ctx, filter, func(key string, val []byte, rev uint64, deleted bool) bool {
+		return deleted || fn(key, val, rev)
+	})
+	return err
+}
+
+// liveKey is one key's latest value as scanFresh found it.
+type liveKey struct {
+	val []byte
+	rev uint64
+}
+
+// scanFresh returns every live key matching filter with its latest value,
+// as of some moment after scanFresh was called. It reads the keys through
+// an ordered consumer, which may sit on a lagging replica, and then asks
+// the stream's leader for every message after the last one the consumer
+// delivered; keys that changed since are updated from the leader's answer.
+func (s *Store) scanFresh(ctx context.Context, filter string) (map[string]liveKey, error) {
+	live := make(map[string]liveKey)
+	last, err := s.watchAll(ctx, filter, func(key string, val []byte, rev uint64, deleted bool) bool {
+		if deleted {
+			delete(live, key)
+		} else {
+			live[key] = liveKey{val: val, rev: rev}
+		}
+		return true
+	})
 	if err != nil {
-		return fmt.Errorf("scan %s: %w", filter, err)
+		return nil, err
+	}
+	for {
+		m, err := s.nextBySubject(ctx, last+1, s.subjPrefix+filter)
+		if err != nil {
+			return nil, fmt.Errorf("scan %s: catch up with the leader: %w", filter, err)
+		}
+		if m == nil {
+			return live, nil
+		}
+		key := strings.TrimPrefix(m.subject, s.subjPrefix)
+		if m.deleted {
+			delete(live, key)
+		} else {
+			live[key] = liveKey{val: m.data, rev: m.seq}
+		}
+		last = m.seq
+	}
+}
+
+// watchAll delivers the latest message of every key matching filter,
+// delete markers included, and returns the highest revision delivered. A
+// consumer that goes quiet for attemptTimeout (its server died, say) is
+// given up and the scan started again, until ctx ends.
+func (s *Store) watchAll(ctx context.Context, filter string, fn func(key string, val []byte, rev uint64, deleted bool) bool) (uint64, error) {
+	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 500*time.Millisecond) {
+		last, err := s.watchOnce(ctx, filter, fn)
+		if err == nil || ctx.Err() != nil || !transient(err) {
+			if err != nil {
+				return 0, fmt.Errorf("scan %s: %w", filter, err)
+			}
+			return last, nil
+		}
+		if err := sleep(ctx, jitter(backoff)); err != nil {
+			return 0, fmt.Errorf("scan %s: %w", filter, err)
+		}
+	}
+}
+
+var errScanStalled = fmt.Errorf("scan stalled: %w", context.DeadlineExceeded)
+
+func (s *Store) watchOnce(ctx context.Context, filter string, fn func(key string, val []byte, rev uint64, deleted bool) bool) (uint64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The watch lives as long as wctx; creating it may not take longer
+	// than an attempt.
+	stalled := time.AfterFunc(s.attemptTimeout, cancel)
+	w, err := s.kv.WatchFiltered(wctx, []string{filter})
+	if !stalled.Stop() {
+		if err == nil {
+			stopWatch(w)
+		}
+		return 0, errScanStalled
+	}
+	if err != nil {
+		return 0, err
 	}
 	defer stopWatch(w)
+	idle := time.NewTimer(s.attemptTimeout)
+	defer idle.Stop()
+	var last uint64
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("scan %s: %w", filter, ctx.Err())
+			return 0, ctx.Err()
+		case <-idle.C:
+			return 0, errScanStalled
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
-				return fmt.Errorf("scan %s: watch closed early", filter)
+				return 0, errors.New("watch closed early")
 			case e == nil: // the end of the initial values
-				return nil
-			case !fn(e.Key(), e.Value(), e.Revision()):
-				return nil
+				return last, nil
 			}
+			last = max(last, e.Revision())
+			deleted := e.Operation() != jetstream.KeyValuePut
+			if !fn(e.Key(), e.Value(), e.Revision(), deleted) {
+				return last, nil
+			}
+			idle.Reset(s.attemptTimeout)
 		}
 	}
+}
+
+// streamMsg is one message as the leader's message get returns it.
+type streamMsg struct {
+	subject string
+	seq     uint64
+	data    []byte
+	deleted bool // a KV delete or purge marker
+}
+
+// nextBySubject asks the stream leader for the first message at or after
+// seq whose subject matches subject (wildcards allowed); nil when none.
+func (s *Store) nextBySubject(ctx context.Context, seq uint64, subject string) (*streamMsg, error) {
+	req, err := json.Marshal(struct {
+		Seq  uint64 `json:"seq"`
+		Next string `json:"next_by_subj"`
+	}{seq, subject})
+	if err != nil {
+		return nil, err
+	}
+	var out *streamMsg
+	err = s.attempt(ctx, func(ctx context.Context) error {
+		reply, err := s.nc.RequestWithContext(ctx, s.msgGetSubj, req)
+		if err != nil {
+			return err
+		}
+		var resp struct {
+			Error   *apiError `json:"error"`
+			Message *struct {
+				Subject string `json:"subject"`
+				Seq     uint64 `json:"seq"`
+				Hdrs    []byte `json:"hdrs"`
+				Data    []byte `json:"data"`
+			} `json:"message"`
+		}
+		if err := json.Unmarshal(reply.Data, &resp); err != nil {
+			return fmt.Errorf("decode message get reply %q: %w", reply.Data, err)
+		}
+		switch {
+		case resp.Error != nil && resp.Error.ErrCode == errCodeNoMessage:
+			out = nil
+			return nil
+		case resp.Error != nil:
+			return resp.Error
+		case resp.Message == nil:
+			return fmt.Errorf("message get reply without message: %q", reply.Data)
+		}
+		m := resp.Message
+		out = &streamMsg{subject: m.Subject, seq: m.Seq, data: m.Data}
+		if len(m.Hdrs) > 0 {
+			h, err := nats.DecodeHeadersMsg(m.Hdrs)
+			if err != nil {
+				return fmt.Errorf("decode headers of %s: %w", m.Subject, err)
+			}
+			if o := h.Get(hdrKVOperation); o == kvOpDelete || o == kvOpPurge || h.Get(hdrMarkerReason) != "" {
+				out.data, out.deleted = nil, true
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // stopWatch stops w and drains its channel until it closes: the watcher's
