@@ -128,3 +128,26 @@ func TestWatchCarriesChanges(t *testing.T) {
 		t.Fatalf("a's feed does not mark all of a's changes as its own:\n%s", own)
 	}
 }
+
+// A new watcher starts at the present: a mount that starts or restarts does
+// not replay the file system's history.
+func TestWatchStartsAtNow(t *testing.T) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	for i := range 200 {
+		must[Attr](t)(s.Create(ctx, RootIno, fmt.Sprintf("old%d", i), 0o644, 0, 0))
+	}
+	r := watch(t, s)
+	time.Sleep(300 * time.Millisecond)
+	r.mu.Lock()
+	n := len(r.changes)
+	r.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("a new watcher got %d changes made before it started", n)
+	}
+	f := must[Attr](t)(s.Create(ctx, RootIno, "new", 0o644, 0, 0))
+	got := r.waitFor(t, fmt.Sprintf("entry 1/new -> %d own\n", f.Ino))
+	if strings.Contains(got, "old") {
+		t.Fatalf("old changes replayed:\n%s", got)
+	}
+}
