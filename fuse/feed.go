@@ -12,7 +12,8 @@ import (
 
 // ChangeFeed delivers the file system's changes as they are committed, by
 // any mount; *meta.Store implements it. Watch calls fn from one goroutine
-// until ctx ends.
+// until ctx ends; its first event is a ChangeReset, once it is subscribed:
+// no change after that one is missed.
 type ChangeFeed interface {
 	Watch(ctx context.Context, fn func(meta.Change)) error
 }
@@ -75,11 +76,20 @@ var _ = (fs.NodeOnForgetter)((*node)(nil))
 func (n *node) OnForget() { n.m.kernel.forgot(n.ino(), n.EmbeddedInode()) }
 
 // follow applies the change feed to the kernel's caches until the mount
-// ends, restarting the feed if it fails.
-func (m *FS) follow(feed ChangeFeed) {
+// ends, restarting the feed if it fails. It closes ready at the feed's first
+// event, which is a reset (see ChangeFeed).
+func (m *FS) follow(feed ChangeFeed, ready chan struct{}) {
 	defer m.bg.Done()
+	started := false
+	apply := func(c meta.Change) {
+		if !started && c.Kind == meta.ChangeReset {
+			started = true
+			close(ready)
+		}
+		m.applyChange(c)
+	}
 	for m.ctx.Err() == nil {
-		err := feed.Watch(m.ctx, m.applyChange)
+		err := feed.Watch(m.ctx, apply)
 		if m.ctx.Err() != nil {
 			return
 		}

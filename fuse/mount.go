@@ -109,6 +109,8 @@ const (
 	readAheadSlots = 4
 	// maxPrefetches bounds concurrent read-ahead fetches per mount.
 	maxPrefetches = 4
+	// feedStartTimeout bounds how long Mount waits for the change feed.
+	feedStartTimeout = 10 * time.Second
 	// releaseFlushTimeout bounds the commit, at a file's last release, of
 	// data written after its last close (see flushAtRelease).
 	releaseFlushTimeout = time.Minute
@@ -214,6 +216,12 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 			MaxWrite: 1 << 20,
 			FsName:   "meshfs",
 			Name:     "meshfs",
+			// With READDIRPLUS go-fuse looks up every entry of a listing
+			// itself: one metadata round trip per name, 12.9 s for 10,000
+			// entries. Plain readdir lists them from one scan (a 3,000
+			// entry listing went from 2.9 s to 41 ms); ls -l still stats
+			// what it needs.
+			DisableReadDirPlus: true,
 			// The kernel checks permission bits against our attributes;
 			// the node methods do no permission checks of their own.
 			Options: []string{"default_permissions"},
@@ -246,8 +254,17 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 	}
 	m.kernel.seen(meta.RootIno, root.EmbeddedInode())
 	if opts.Feed != nil {
+		// Follow the feed from before the kernel caches anything: a
+		// change made between the mount and the feed's start would
+		// otherwise stay stale for the whole cache timeout.
+		ready := make(chan struct{})
 		m.bg.Add(1)
-		go m.follow(opts.Feed)
+		go m.follow(opts.Feed, ready)
+		select {
+		case <-ready:
+		case <-time.After(feedStartTimeout):
+			logger.Warn("change feed not started yet; other mounts' changes show after the cache timeout until it does", "waited", feedStartTimeout)
+		}
 	}
 	logger.Info("meshfs mounted")
 	return m, nil

@@ -26,9 +26,10 @@ const (
 	// ChangeData: part of a file's block map changed (the same commit also
 	// changes the inode).
 	ChangeData
-	// ChangeReset: the feed was interrupted (the connection to the
-	// metadata servers was lost and came back); changes may have been
-	// missed, and what was cached should be dropped rather than trusted.
+	// ChangeReset: the feed (re)started: at its subscription, and after
+	// the connection to the metadata servers was lost and came back.
+	// Changes may have been missed, and what was cached should be
+	// dropped rather than trusted.
 	ChangeReset
 )
 
@@ -50,11 +51,12 @@ type Change struct {
 }
 
 // Watch calls fn, from one goroutine, for every change to the file system
-// made after Watch starts, in the order they were committed, until ctx
-// ends. Changes of one atomic operation arrive one by one, inodes first. A
-// change that cannot be decoded is skipped. Watch resumes after a lost
-// connection where it left off, and reports the interruption as a
-// ChangeReset first.
+// made after it has subscribed, in the order they were committed, until ctx
+// ends. Its first call is a ChangeReset, made once it has subscribed: what a
+// cache held before may be stale, and from then on no change is missed.
+// Changes of one atomic operation arrive one by one, inodes first. A change
+// that cannot be decoded is skipped. Watch resumes after a lost connection
+// where it left off, and reports the interruption as a ChangeReset first.
 func (s *Store) Watch(ctx context.Context, fn func(Change)) error {
 	js, err := jetstream.New(s.nc)
 	if err != nil {
@@ -80,6 +82,9 @@ func (s *Store) Watch(ctx context.Context, fn func(Change)) error {
 		return fmt.Errorf("watch metadata: %w", err)
 	}
 	defer msgs.Stop()
+	// Subscribed: every change from now on will be delivered. Whatever a
+	// cache holds from before may be stale.
+	fn(Change{Kind: ChangeReset})
 
 	in := make(chan jetstream.Msg, 256)
 	go func() {

@@ -12,7 +12,8 @@ import (
 // recorder collects a store's change feed.
 type recorder struct {
 	mu      sync.Mutex
-	changes []Change
+	changes []Change // all but resets
+	resets  int
 }
 
 func watch(t *testing.T, s *Store) *recorder {
@@ -24,12 +25,29 @@ func watch(t *testing.T, s *Store) *recorder {
 		defer close(done)
 		s.Watch(ctx, func(c Change) {
 			r.mu.Lock()
-			r.changes = append(r.changes, c)
+			if c.Kind == ChangeReset {
+				r.resets++
+			} else {
+				r.changes = append(r.changes, c)
+			}
 			r.mu.Unlock()
 		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return r
+	// The first event says the watcher is subscribed.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		n := r.resets
+		r.mu.Unlock()
+		if n > 0 {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no reset from Watch within 10 s: it did not subscribe")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // describe renders changes as one line each, e.g. "entry 1/a -> 5 own".
@@ -98,7 +116,6 @@ func TestWatchCarriesChanges(t *testing.T) {
 	b := openTestStore(t, bucket)
 	ctx := ctxT(t)
 	ra, rb := watch(t, a), watch(t, b)
-	time.Sleep(200 * time.Millisecond) // let the consumers start: the feed shows changes after Watch starts
 
 	f := must[Attr](t)(a.Create(ctx, RootIno, "f", 0o640, 1, 2))
 	d := must[Attr](t)(a.Mkdir(ctx, RootIno, "d", 0o755, 1, 2))
