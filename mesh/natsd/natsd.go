@@ -74,6 +74,22 @@ type Server struct {
 
 // Start starts a server with JetStream and waits until it accepts clients.
 func Start(cfg Config) (*Server, error) {
+	// A cluster port picked here is only known free a moment before the
+	// server binds it, and outgoing connections take ports from the same
+	// range: seen in CI as a server never ready. Pick another and retry.
+	const tries = 4
+	for try := 1; ; try++ {
+		s, err := start(cfg)
+		if !errors.Is(err, errNotReady) || cfg.ClusterName == "" || cfg.ClusterPort != 0 || try == tries {
+			return s, err
+		}
+	}
+}
+
+// errNotReady: the server did not accept clients in time.
+var errNotReady = errors.New("not ready for connections")
+
+func start(cfg Config) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("start nats server: no JetStream store dir")
 	}
@@ -150,7 +166,7 @@ func Start(cfg Config) (*Server, error) {
 	if !ns.ReadyForConnections(readyTimeout) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return nil, fmt.Errorf("start nats server %q on %s: not ready for connections after %v", cfg.Name, net.JoinHostPort(host, strconv.Itoa(cfg.Port)), readyTimeout)
+		return nil, fmt.Errorf("start nats server %q on %s: %w after %v", cfg.Name, net.JoinHostPort(host, strconv.Itoa(cfg.Port)), errNotReady, readyTimeout)
 	}
 	if !ns.JetStreamEnabled() {
 		ns.Shutdown()
