@@ -31,6 +31,15 @@ type meshStatus struct {
 		ByPass   int64 `json:"found_by_pass"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`
+	Metadata struct {
+		Replicas   int    `json:"replicas"`
+		Current    int    `json:"current"`
+		Leader     string `json:"leader"`
+		MetaLeader string `json:"meta_leader"`
+		Servers    int    `json:"servers"`
+		Witness    bool   `json:"witness"`
+		Error      string `json:"error"`
+	} `json:"metadata"`
 }
 
 func status(t *testing.T, m *harness.Mesh) meshStatus {

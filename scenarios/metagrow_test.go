@@ -18,7 +18,7 @@ import (
 // copy in this mesh) is all there and writable.
 func TestMetadataGrowsFromOneNode(t *testing.T) {
 	m := startMesh(t, 1, "--replicas", "1")
-	md := metadataStatus(t, m).Metadata
+	md := status(t, m).Metadata
 	if md.Replicas != 1 || !md.Witness || md.Leader != "node1" {
 		t.Fatalf("one node: metadata %+v; want 1 replica on node1 and a witness", md)
 	}
@@ -61,7 +61,7 @@ func TestMetadataGrowsFromOneNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
-	md = metadataStatus(t, m).Metadata
+	md = status(t, m).Metadata
 	if md.Replicas != 1 || !md.Witness || md.Servers != 2 {
 		t.Fatalf("two nodes: metadata %+v; want 1 replica, 2 servers and the witness", md)
 	}

@@ -2,7 +2,6 @@ package scenarios
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -16,39 +15,13 @@ import (
 	"github.com/meshfs/meshfs/scenarios/harness"
 )
 
-// metaStatus is the metadata part of 'meshfs status --json'.
-type metaStatus struct {
-	Metadata struct {
-		Replicas   int    `json:"replicas"`
-		Current    int    `json:"current"`
-		Leader     string `json:"leader"`
-		MetaLeader string `json:"meta_leader"`
-		Servers    int    `json:"servers"`
-		Witness    bool   `json:"witness"`
-		Error      string `json:"error"`
-	} `json:"metadata"`
-}
-
-func metadataStatus(t *testing.T, m *harness.Mesh) metaStatus {
-	t.Helper()
-	code, out := runMeshfsStdout(t, 30*time.Second, "status", "--up", m.Dir, "--json")
-	if code != 0 {
-		t.Fatalf("meshfs status --json: exit %d: %s", code, out)
-	}
-	var st metaStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("status --json: %v: %s", err, out)
-	}
-	return st
-}
-
 // waitMetaReplicas waits until the metadata bucket has want replicas, all
 // up to date, and no witness votes any more.
-func waitMetaReplicas(t *testing.T, m *harness.Mesh, want int) metaStatus {
+func waitMetaReplicas(t *testing.T, m *harness.Mesh, want int) meshStatus {
 	t.Helper()
 	t0 := time.Now()
 	for {
-		st := metadataStatus(t, m)
+		st := status(t, m)
 		md := st.Metadata
 		if md.Replicas == want && md.Current == want && !md.Witness && md.Leader != "" {
 			t.Logf("metadata at %d replicas, leader %s, %v after asking", want, md.Leader, time.Since(t0).Round(time.Millisecond))
@@ -177,7 +150,7 @@ func TestMetadataSurvivesLeaderKill(t *testing.T) {
 	if longest > 15*time.Second {
 		t.Errorf("operations stalled for %v after the kill at %v", longest, killedAt.Format(time.TimeOnly))
 	}
-	st = metadataStatus(t, m)
+	st = status(t, m)
 	if st.Metadata.Leader == "" || st.Metadata.Leader == leader {
 		t.Errorf("after the kill the metadata leader is %q", st.Metadata.Leader)
 	}

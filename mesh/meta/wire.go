@@ -128,56 +128,17 @@ func sleep(ctx context.Context, d time.Duration) error {
 // the KV's Get: that hides a delete marker's revision. Nor a direct get: any
 // replica may answer those, and a lagging one would break linearizability.
 func (s *Store) get(ctx context.Context, key string) (rawVal, error) {
-	req, err := json.Marshal(struct {
+	m, err := s.msgGet(ctx, struct {
 		LastBySubj string `json:"last_by_subj"`
 	}{s.subjPrefix + key})
-	if err != nil {
-		return rawVal{}, err
-	}
-	var out rawVal
-	err = s.attempt(ctx, func(ctx context.Context) error {
-		reply, err := s.nc.RequestWithContext(ctx, s.msgGetSubj, req)
-		if err != nil {
-			return err
-		}
-		var resp struct {
-			Error   *apiError `json:"error"`
-			Message *struct {
-				Seq  uint64 `json:"seq"`
-				Hdrs []byte `json:"hdrs"`
-				Data []byte `json:"data"`
-			} `json:"message"`
-		}
-		if err := json.Unmarshal(reply.Data, &resp); err != nil {
-			return fmt.Errorf("decode message get reply %q: %w", reply.Data, err)
-		}
-		switch {
-		case resp.Error != nil && resp.Error.ErrCode == errCodeNoMessage:
-			out = rawVal{}
-			return nil
-		case resp.Error != nil:
-			return resp.Error
-		case resp.Message == nil:
-			return fmt.Errorf("message get reply without message: %q", reply.Data)
-		}
-		m := resp.Message
-		out = rawVal{val: m.Data, rev: m.Seq, found: true}
-		if len(m.Hdrs) > 0 {
-			h, err := nats.DecodeHeadersMsg(m.Hdrs)
-			if err != nil {
-				return fmt.Errorf("decode headers of %s: %w", key, err)
-			}
-			out.msgID = h.Get(hdrMsgID)
-			if o := h.Get(hdrKVOperation); o == kvOpDelete || o == kvOpPurge || h.Get(hdrMarkerReason) != "" {
-				out.val, out.found = nil, false
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	switch {
+	case err != nil:
 		return rawVal{}, fmt.Errorf("read %s: %w", key, err)
+	case m == nil:
+		return rawVal{}, nil
 	}
-	return out, nil
+	// A delete marker keeps its revision: expectations compare with it.
+	return rawVal{val: m.data, rev: m.seq, found: !m.deleted, msgID: m.msgID}, nil
 }
 
 // commit writes ops as one atomic batch (a single op as a plain publish):
@@ -423,17 +384,24 @@ func (s *Store) watchOnce(ctx context.Context, filter string, fn func(key string
 type streamMsg struct {
 	subject string
 	seq     uint64
-	data    []byte
-	deleted bool // a KV delete or purge marker
+	data    []byte // nil for a marker
+	deleted bool   // a KV delete or purge marker
+	msgID   string // the Nats-Msg-Id it was written with
 }
 
 // nextBySubject asks the stream leader for the first message at or after
 // seq whose subject matches subject (wildcards allowed); nil when none.
 func (s *Store) nextBySubject(ctx context.Context, seq uint64, subject string) (*streamMsg, error) {
-	req, err := json.Marshal(struct {
+	return s.msgGet(ctx, struct {
 		Seq  uint64 `json:"seq"`
 		Next string `json:"next_by_subj"`
 	}{seq, subject})
+}
+
+// msgGet sends a message-get request to the stream leader, retrying as
+// attempt does; nil when no message matches.
+func (s *Store) msgGet(ctx context.Context, request any) (*streamMsg, error) {
+	req, err := json.Marshal(request)
 	if err != nil {
 		return nil, err
 	}
@@ -471,6 +439,7 @@ func (s *Store) nextBySubject(ctx context.Context, seq uint64, subject string) (
 			if err != nil {
 				return fmt.Errorf("decode headers of %s: %w", m.Subject, err)
 			}
+			out.msgID = h.Get(hdrMsgID)
 			if o := h.Get(hdrKVOperation); o == kvOpDelete || o == kvOpPurge || h.Get(hdrMarkerReason) != "" {
 				out.data, out.deleted = nil, true
 			}
