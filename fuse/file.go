@@ -265,6 +265,27 @@ func (st *fileState) localSize() (int64, bool) {
 	return st.size, st.hasLocalDataLocked()
 }
 
+// unflushedSlots counts the slots with data written here and not yet
+// committed.
+func (st *fileState) unflushedSlots() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	n := len(st.dirty)
+	for slot := range st.uploading {
+		if _, ok := st.dirty[slot]; !ok {
+			n++
+		}
+	}
+	for slot := range st.pending {
+		_, d := st.dirty[slot]
+		_, u := st.uploading[slot]
+		if !d && !u {
+			n++
+		}
+	}
+	return n
+}
+
 func (st *fileState) invalidateRefsLocked() {
 	st.refs = nil
 	st.refsGen++

@@ -80,19 +80,25 @@ func (n *node) child(ctx context.Context, attr meta.Attr, out *gofuse.EntryOut) 
 }
 
 // fillAttr converts attributes for the kernel. A file this mount holds
-// unflushed data for reports its in-memory size.
+// unflushed data for reports its in-memory size. st_blocks counts the bytes
+// held in blocks, so holes take no space (as du expects); unflushed slots
+// count as whole blocks, at most the file's size, since what they replace
+// is known only at the commit.
 func (m *FS) fillAttr(out *gofuse.Attr, a meta.Attr) {
-	size := a.Size
+	size, stored := a.Size, a.Stored
 	if a.Mode&syscall.S_IFMT == syscall.S_IFREG {
 		if st := m.fileFor(a.Ino); st != nil {
 			if local, ok := st.localSize(); ok {
 				size = uint64(local)
+				stored = min(size, stored+uint64(st.unflushedSlots())*uint64(m.bs))
 			}
 		}
+	} else {
+		stored = size
 	}
 	out.Ino = uint64(a.Ino)
 	out.Size = size
-	out.Blocks = (size + 511) / 512
+	out.Blocks = (stored + 511) / 512
 	out.Mode = a.Mode
 	out.Nlink = a.Nlink
 	out.Uid = a.Uid

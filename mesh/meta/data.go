@@ -1,9 +1,13 @@
 package meta
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/meshfs/meshfs/persist"
@@ -16,6 +20,73 @@ import (
 // past the end of the file read as zeros after it grows again.
 
 func ceilDiv(a, b uint64) uint64 { return (a + b - 1) / b }
+
+// chunkListThreshold is how many chunk indices a block-map range may span
+// before chunksIn lists the chunks that exist instead of reading each index:
+// one read is a round trip to the stream leader, a listing a consumer's
+// setup and teardown (a few milliseconds) plus the chunks it finds. A sparse
+// file's size may span billions of indices with one chunk present.
+const chunkListThreshold = 64
+
+// indexedChunk is a block-map chunk that exists, with its index.
+type indexedChunk struct {
+	index int64
+	entry *entry
+}
+
+// chunksIn returns the existing block-map chunks of ino with index in
+// [lo, hi], in index order, as entries of t: their revisions become the
+// commit's expectations like those of any key read. A listing may miss a
+// chunk written after it, but every block-map change writes the inode too,
+// so the inode's revision (read before, and checked by the commit or by
+// Blocks) catches that.
+func (t *tx) chunksIn(ino Ino, lo, hi int64) ([]indexedChunk, error) {
+	var out []indexedChunk
+	if hi < lo {
+		return nil, nil
+	}
+	if hi-lo < chunkListThreshold {
+		for c := lo; c <= hi; c++ {
+			e, err := t.chunk(ino, c)
+			if err != nil {
+				return nil, err
+			}
+			if e.chunk != nil {
+				out = append(out, indexedChunk{c, e})
+			}
+		}
+		return out, nil
+	}
+	prefix := chunkPrefix(ino)
+	keys, err := t.s.scanFresh(t.ctx, prefix+">")
+	if err != nil {
+		return nil, fmt.Errorf("list block map of %d: %w", ino, err)
+	}
+	for key, v := range keys {
+		c, err := strconv.ParseInt(strings.TrimPrefix(key, prefix), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("block-map key %q: %w", key, err)
+		}
+		if c < lo || c > hi {
+			continue
+		}
+		e, ok := t.ents[key]
+		if !ok {
+			e = &entry{key: key, rev: v.rev, found: true, val: v.val}
+			t.ents[key] = e
+		}
+		if e.chunk == nil && e.found {
+			if err := json.Unmarshal(e.val, &e.chunk); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", key, err)
+			}
+		}
+		if e.chunk != nil {
+			out = append(out, indexedChunk{c, e})
+		}
+	}
+	slices.SortFunc(out, func(a, b indexedChunk) int { return cmp.Compare(a.index, b.index) })
+	return out, nil
+}
 
 // slotCount is the number of slots a file of size bytes may use.
 func (s *Store) slotCount(size uint64) int64 {
@@ -53,34 +124,36 @@ func (t *tx) shrink(e *entry, newSize uint64) (done bool, err error) {
 	bs := int64(t.s.opts.BlockSize)
 	target := newSize
 	newSlots := t.s.slotCount(target)
-	lo, hi := chunkOf(max(newSlots-1, 0)), chunkOf(oldSlots-1)
-	room := int64(t.s.maxBatch - 1 - t.staged())
+	chunks, err := t.chunksIn(r.Ino, chunkOf(max(newSlots-1, 0)), chunkOf(oldSlots-1))
+	if err != nil {
+		return false, err
+	}
+	room := t.s.maxBatch - 1 - t.staged()
 	if room < 1 {
 		return false, fmt.Errorf("truncate %d: no room in the batch", r.Ino)
 	}
 	done = true
-	if hi-lo+1 > room {
-		lo = hi - room + 1
+	if len(chunks) > room {
+		// Drop the highest chunks now; the file ends at the lowest of
+		// them, where no slot of a chunk kept can reach.
+		chunks = chunks[len(chunks)-room:]
+		lo := chunks[0].index
 		target = uint64(lo * slotsPerChunk * bs)
 		newSlots = lo * slotsPerChunk
 		done = false
 	}
-	for c := lo; c <= hi; c++ {
-		ce, err := t.chunk(r.Ino, c)
-		if err != nil {
-			return false, err
-		}
-		if ce.chunk == nil {
-			continue
-		}
+	for _, ic := range chunks {
+		ce := ic.entry
 		changed := false
 		for slot, ref := range ce.chunk {
 			switch {
 			case slot >= newSlots:
 				delete(ce.chunk, slot)
+				r.Stored -= min(r.Stored, uint64(ref.Len))
 				changed = true
 			case slot == newSlots-1:
 				if keep := int64(target) - slot*bs; int64(ref.Len) > keep {
+					r.Stored -= min(r.Stored, uint64(ref.Len)-uint64(keep))
 					ref.Len = uint32(keep)
 					ce.chunk[slot] = ref
 					changed = true
@@ -172,11 +245,12 @@ func (s *Store) blocks(ctx context.Context, ino Ino, first, last int64) (map[int
 		if last < first {
 			return nil
 		}
-		for c := chunkOf(first); c <= chunkOf(last); c++ {
-			ce, err := t.chunk(ino, c)
-			if err != nil {
-				return err
-			}
+		chunks, err := t.chunksIn(ino, chunkOf(first), chunkOf(last))
+		if err != nil {
+			return err
+		}
+		for _, ic := range chunks {
+			ce := ic.entry
 			for slot, sr := range ce.chunk {
 				if slot < first || slot > last {
 					continue
@@ -242,6 +316,9 @@ func (s *Store) commitWrite(ctx context.Context, ino Ino, slots map[int64]BlockR
 			}
 			for _, slot := range list {
 				ref := slots[slot]
+				if old, ok := ce.chunk[slot]; ok {
+					r.Stored -= min(r.Stored, uint64(old.Len))
+				}
 				if ref.ID.IsZero() {
 					delete(ce.chunk, slot)
 					continue
@@ -253,6 +330,7 @@ func (s *Store) commitWrite(ctx context.Context, ino Ino, slots map[int64]BlockR
 				// reappear if the file grows later.
 				ref.Len = uint32(min(int64(ref.Len), int64(size)-slot*bs))
 				ce.chunk[slot] = toSlotRec(ref)
+				r.Stored += uint64(ref.Len)
 			}
 			if len(ce.chunk) == 0 {
 				t.remove(ce)

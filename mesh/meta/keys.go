@@ -48,24 +48,27 @@ func direntName(prefix, key string) (string, error) {
 	return string(b), nil
 }
 
-func chunkKey(ino Ino, chunk int64) string {
-	return "b." + strconv.FormatUint(uint64(ino), 10) + "." + strconv.FormatInt(chunk, 10)
-}
+func chunkPrefix(ino Ino) string { return "b." + strconv.FormatUint(uint64(ino), 10) + "." }
+
+func chunkKey(ino Ino, chunk int64) string { return chunkPrefix(ino) + strconv.FormatInt(chunk, 10) }
 
 // inodeRec is the stored form of an inode: its attributes, the parent of a
 // directory (to refuse moving a directory into its own subtree) and the
 // extended attributes, all in one record so that one expected revision
 // guards them all.
 type inodeRec struct {
-	Ino   Ino    `json:"ino"`
-	Mode  uint32 `json:"mode"`
-	Uid   uint32 `json:"uid"`
-	Gid   uint32 `json:"gid"`
-	Size  uint64 `json:"size"`
-	Nlink uint32 `json:"nlink"`
-	Atime int64  `json:"atime"`
-	Mtime int64  `json:"mtime"`
-	Ctime int64  `json:"ctime"`
+	Ino  Ino    `json:"ino"`
+	Mode uint32 `json:"mode"`
+	Uid  uint32 `json:"uid"`
+	Gid  uint32 `json:"gid"`
+	Size uint64 `json:"size"`
+	// Stored is the bytes of a regular file held in blocks: the sum of
+	// its block map's lengths, so holes do not count.
+	Stored uint64 `json:"stored,omitempty"`
+	Nlink  uint32 `json:"nlink"`
+	Atime  int64  `json:"atime"`
+	Mtime  int64  `json:"mtime"`
+	Ctime  int64  `json:"ctime"`
 	// Target is a symlink's target, as bytes: JSON strings would mangle a
 	// target that is not UTF-8.
 	Target []byte `json:"target,omitempty"`
@@ -76,7 +79,7 @@ type inodeRec struct {
 
 func (r *inodeRec) attr() Attr {
 	return Attr{
-		Ino: r.Ino, Mode: r.Mode, Uid: r.Uid, Gid: r.Gid, Size: r.Size, Nlink: r.Nlink,
+		Ino: r.Ino, Mode: r.Mode, Uid: r.Uid, Gid: r.Gid, Size: r.Size, Stored: r.Stored, Nlink: r.Nlink,
 		Atime: r.Atime, Mtime: r.Mtime, Ctime: r.Ctime, Target: string(r.Target),
 	}
 }

@@ -38,15 +38,18 @@ const MaxNameLen = 255
 
 // Attr is an inode's attributes.
 type Attr struct {
-	Ino   Ino    `json:"ino"`
-	Mode  uint32 `json:"mode"` // file type bits (syscall.S_IFREG, S_IFDIR, S_IFLNK) | permission bits
-	Uid   uint32 `json:"uid"`
-	Gid   uint32 `json:"gid"`
-	Size  uint64 `json:"size"` // regular file: bytes; symlink: len(Target); dir: 0
-	Nlink uint32 `json:"nlink"`
-	Atime int64  `json:"atime"` // Unix nanoseconds
-	Mtime int64  `json:"mtime"`
-	Ctime int64  `json:"ctime"`
+	Ino  Ino    `json:"ino"`
+	Mode uint32 `json:"mode"` // file type bits (syscall.S_IFREG, S_IFDIR, S_IFLNK) | permission bits
+	Uid  uint32 `json:"uid"`
+	Gid  uint32 `json:"gid"`
+	Size uint64 `json:"size"` // regular file: bytes; symlink: len(Target); dir: 0
+	// Stored is the bytes of a regular file held in blocks (holes excluded),
+	// what st_blocks reports.
+	Stored uint64 `json:"stored,omitempty"`
+	Nlink  uint32 `json:"nlink"`
+	Atime  int64  `json:"atime"` // Unix nanoseconds
+	Mtime  int64  `json:"mtime"`
+	Ctime  int64  `json:"ctime"`
 	// Target is a symlink's target.
 	Target string `json:"target,omitempty"`
 }

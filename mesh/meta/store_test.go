@@ -474,7 +474,7 @@ func TestCommitWrite(t *testing.T) {
 	const bs = testBlockSize
 	// Slots 5 and 2000 live in chunks 0 and 1: one atomic commit.
 	a := must[Attr](t)(s.CommitWrite(ctx, f.Ino, map[int64]BlockRef{5: ref("five", bs), 2000: ref("2000", 7)}, 2000*bs+7, 12345))
-	if a.Size != 2000*bs+7 || a.Mtime != 12345 || a.Ctime != 12345 {
+	if a.Size != 2000*bs+7 || a.Mtime != 12345 || a.Ctime != 12345 || a.Stored != bs+7 {
 		t.Fatalf("after commit: %+v", a)
 	}
 	got := must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 0, 1<<40))
@@ -490,7 +490,8 @@ func TestCommitWrite(t *testing.T) {
 	}
 	// The size never shrinks; a zero ID punches a hole; Len is clamped to the end.
 	a = must[Attr](t)(s.CommitWrite(ctx, f.Ino, map[int64]BlockRef{5: {}, 6: ref("six", bs), 2000: ref("new", bs)}, 10, 999))
-	if a.Size != 2000*bs+7 || a.Mtime != 999 {
+	// Stored: slot 5 punched, slot 6 added, slot 2000 replaced and clamped.
+	if a.Size != 2000*bs+7 || a.Mtime != 999 || a.Stored != bs+7 {
 		t.Fatalf("after second commit: %+v", a)
 	}
 	got = must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 0, 1<<40))
@@ -536,8 +537,8 @@ func TestMultiBatchTruncateAndReclaim(t *testing.T) {
 	// Truncate into chunk 1: needs chunks 1..9 rewritten, more than one batch.
 	size := uint64(slotsPerChunk*bs + 2*bs - 5) // inside slot 1025
 	a := must[Attr](t)(s.SetAttr(ctx, f.Ino, SetAttrIn{Size: &size}))
-	if a.Size != size {
-		t.Fatalf("size after truncate = %d, want %d", a.Size, size)
+	if a.Size != size || a.Stored != 2*bs-5 {
+		t.Fatalf("after truncate: size %d, stored %d; want %d, %d", a.Size, a.Stored, size, 2*bs-5)
 	}
 	got := must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 0, 1<<40))
 	want := map[int64]BlockRef{1: ref("0", bs), slotsPerChunk + 1: ref("1", bs-5)}
@@ -563,6 +564,60 @@ func TestMultiBatchTruncateAndReclaim(t *testing.T) {
 	for c := int64(0); c < 10; c++ {
 		if v, err := s.get(ctx, chunkKey(f.Ino, c)); err != nil || v.found {
 			t.Fatalf("chunk %d after reclaim: %+v %v", c, v, err)
+		}
+	}
+}
+
+// TestSparseBlockMapListsChunks: a block map whose size spans more chunk
+// indices than chunkListThreshold is read, truncated and reclaimed through
+// a listing of the chunks that exist, in several batches when they do not
+// fit in one, and the result is the same as reading every index.
+func TestSparseBlockMapListsChunks(t *testing.T) {
+	ctx := ctxT(t)
+	s := newStore(t)
+	s.maxBatch = 4 // inode + 3 chunks per batch
+	f := must[Attr](t)(s.Create(ctx, RootIno, "f", 0o644, 0, 0))
+	const bs = testBlockSize
+	const stride = 3 * chunkListThreshold // chunk indices between two present chunks
+	const present = 8
+	want := map[int64]BlockRef{}
+	for c := int64(0); c < present; c++ {
+		slot := c*stride*slotsPerChunk + 7
+		want[slot] = ref(fmt.Sprint(c), bs)
+		must[Attr](t)(s.CommitWrite(ctx, f.Ino, map[int64]BlockRef{slot: want[slot]}, uint64(slot+1)*bs, 1))
+	}
+	a := must[Attr](t)(s.GetAttr(ctx, f.Ino))
+	if a.Stored != present*bs {
+		t.Fatalf("stored %d bytes, want %d", a.Stored, present*bs)
+	}
+	if got := must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 0, 1<<40)); !mapsEqual(got, want) {
+		t.Fatalf("blocks = %v, want %v", got, want)
+	}
+	// A range between present chunks, wider than the threshold: empty.
+	if got := must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 8, stride*slotsPerChunk)); len(got) != 0 {
+		t.Fatalf("blocks between the chunks = %v", got)
+	}
+
+	// Truncate into the second present chunk's slot: six chunks go, three
+	// per batch, and the slot is clamped.
+	size := uint64(stride*slotsPerChunk+7)*bs + 100
+	a = must[Attr](t)(s.SetAttr(ctx, f.Ino, SetAttrIn{Size: &size}))
+	if a.Size != size || a.Stored != bs+100 {
+		t.Fatalf("after truncate: size %d, stored %d; want %d, %d", a.Size, a.Stored, size, bs+100)
+	}
+	got := must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 0, 1<<40))
+	second := int64(stride*slotsPerChunk + 7)
+	if !mapsEqual(got, map[int64]BlockRef{7: ref("0", bs), second: ref("1", 100)}) {
+		t.Fatalf("blocks after truncate = %v", got)
+	}
+
+	must[Attr](t)(s.Unlink(ctx, RootIno, "f"))
+	ok(t, s.Reclaim(ctx, f.Ino))
+	_, err := s.GetAttr(ctx, f.Ino)
+	wantErrno(t, err, syscall.ENOENT)
+	for c := int64(0); c < present; c++ {
+		if v, err := s.get(ctx, chunkKey(f.Ino, c*stride)); err != nil || v.found {
+			t.Fatalf("chunk %d after reclaim: %+v %v", c*stride, v, err)
 		}
 	}
 }

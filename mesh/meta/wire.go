@@ -80,14 +80,14 @@ type rawVal struct {
 	msgID string // the Nats-Msg-Id the last message was written with
 }
 
-// attempt runs fn under its own short deadline and repeats it, with backoff,
-// while it fails in a way that another try can cure (no stream leader yet, a
-// lost reply, too many batches in flight), until ctx ends. fn must be
-// idempotent.
-func (s *Store) attempt(ctx context.Context, fn func(ctx context.Context) error) error {
+// attempt runs fn under its own short deadline (per) and repeats it, with
+// backoff, while it fails in a way that another try can cure (no stream
+// leader yet, a lost reply, too many batches in flight), until ctx ends. fn
+// must be idempotent.
+func (s *Store) attempt(ctx context.Context, per time.Duration, fn func(ctx context.Context) error) error {
 	backoff := 10 * time.Millisecond
 	for {
-		actx, cancel := context.WithTimeout(ctx, s.attemptTimeout)
+		actx, cancel := context.WithTimeout(ctx, per)
 		err := fn(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil || !transient(err) {
@@ -160,7 +160,7 @@ func (s *Store) commit(ctx context.Context, ops []op) error {
 	}
 	idBase := randomID()
 	sent := false
-	err := s.attempt(ctx, func(ctx context.Context) error {
+	err := s.attempt(ctx, s.commitAttemptTimeout(ops), func(ctx context.Context) error {
 		resend := sent
 		sent = true
 		return s.transmit(ctx, ops, idBase, resend)
@@ -169,6 +169,26 @@ func (s *Store) commit(ctx context.Context, ops []op) error {
 		return fmt.Errorf("commit %d keys (%s, …): %w", len(ops), ops[0].key, err)
 	}
 	return nil
+}
+
+// commitFloorRate is the slowest link, in bytes a second, over which a batch
+// still commits: an attempt's deadline grows with the batch's size at this
+// rate. The commit request is answered only after the server has received
+// every message of the batch ahead of it, so a fixed deadline would abandon
+// and resend a large batch on a slow link forever.
+const commitFloorRate = 512 << 10
+
+// commitAttemptTimeout is the deadline of one attempt to send ops: the
+// store's per-attempt timeout plus the time the batch takes to cross a link
+// of commitFloorRate.
+func (s *Store) commitAttemptTimeout(ops []op) time.Duration {
+	size := 0
+	for _, o := range ops {
+		// The subject and headers (expected sequence, ids, origin)
+		// come to about 250 bytes next to the key and value.
+		size += len(s.subjPrefix) + len(o.key) + len(o.val) + 250
+	}
+	return s.attemptTimeout + time.Duration(size)*time.Second/commitFloorRate
 }
 
 // transmit sends ops once; resend says whether an earlier transmission with
@@ -406,7 +426,7 @@ func (s *Store) msgGet(ctx context.Context, request any) (*streamMsg, error) {
 		return nil, err
 	}
 	var out *streamMsg
-	err = s.attempt(ctx, func(ctx context.Context) error {
+	err = s.attempt(ctx, s.attemptTimeout, func(ctx context.Context) error {
 		reply, err := s.nc.RequestWithContext(ctx, s.msgGetSubj, req)
 		if err != nil {
 			return err
