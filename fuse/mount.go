@@ -85,6 +85,11 @@ type Options struct {
 	// collectors, whose grace period must be longer, never take them from
 	// a file held open for long; default 10 min.
 	TouchInterval time.Duration
+	// AllowOther lets users other than the one who mounted use the mount
+	// (the kernel checks permissions, as default_permissions is always
+	// on). As a user other than root it needs user_allow_other in
+	// /etc/fuse.conf.
+	AllowOther bool
 	// Debug logs every FUSE request (at Info level, through Logger).
 	Debug  bool
 	Logger *slog.Logger
@@ -222,6 +227,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 			// entry listing went from 2.9 s to 41 ms); ls -l still stats
 			// what it needs.
 			DisableReadDirPlus: true,
+			AllowOther:         opts.AllowOther,
 			// The kernel checks permission bits against our attributes;
 			// the node methods do no permission checks of their own.
 			Options: []string{"default_permissions"},

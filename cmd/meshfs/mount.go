@@ -24,6 +24,7 @@ func runMount(args []string) error {
 	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
 	cacheTimeout := fs.Duration("cache-timeout", 10*time.Second, "how long the kernel may cache names and attributes; other mounts' changes are pushed to it at once through the change feed, so this only bounds staleness while the feed is cut off (0 disables the cache)")
 	invalidate := fs.Bool("invalidate", true, "follow the metadata change feed and invalidate the kernel's caches of what other mounts change; false leaves freshness to --cache-timeout alone, as most network file systems do")
+	allowOther := fs.Bool("allow-other", false, "let other users use the mount, with the kernel checking permission bits as on a local file system (as non-root, needs user_allow_other in /etc/fuse.conf)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	debug := fs.Bool("debug", false, "log every FUSE request")
 	pos, err := parseFlags(fs, args)
@@ -49,7 +50,7 @@ func runMount(args []string) error {
 	m, err := mountMesh(ctx, log, mountConfig{
 		Mountpoint: pos[0], Seeds: joins, Secret: secret,
 		WriteBuffer: *writeBuffer, JoinTimeout: *joinTimeout, Debug: *debug,
-		CacheTimeout: *cacheTimeout, NoFeed: !*invalidate,
+		CacheTimeout: *cacheTimeout, NoFeed: !*invalidate, AllowOther: *allowOther,
 	})
 	if err != nil {
 		return err
@@ -79,6 +80,8 @@ type mountConfig struct {
 	CacheTimeout time.Duration
 	// NoFeed leaves the change feed alone (no invalidations).
 	NoFeed bool
+	// AllowOther opens the mount to other users.
+	AllowOther bool
 }
 
 // meshMount is a mounted meshfs and everything it holds open.
@@ -139,6 +142,7 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 		StatFS:      meshStatFS(client, view),
 		WriteBuffer: cfg.WriteBuffer,
 		Feed:        feed,
+		AllowOther:  cfg.AllowOther,
 		Debug:       cfg.Debug,
 		Logger:      log,
 	})

@@ -50,6 +50,7 @@ func runUp(args []string) error {
 	replicas := fs.Int("replicas", 0, "copies of each block for a new mesh (default 3, at most --nodes)")
 	blockSize := fs.Int("block-size", 0, "block size in bytes for a new mesh (default 4 MiB)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (nodes log to DIR/nodeN/node.log)")
+	allowOther := fs.Bool("allow-other", false, "let other users use DIR/mnt, with the kernel checking permission bits as on a local file system (DIR becomes traversable by all: mode 0711)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err
@@ -73,6 +74,13 @@ func runUp(args []string) error {
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if *allowOther {
+		// Other users must be able to reach DIR/mnt; DIR's other entries
+		// (the secret, the nodes' data) keep their own modes.
+		if err := os.Chmod(dir, 0o711); err != nil {
+			return fmt.Errorf("open %s to other users: %w", dir, err)
+		}
 	}
 	if prev, err := readUpState(dir); err == nil && processAlive(prev.PID) {
 		return fmt.Errorf("a mesh is already up in %s (meshfs up pid %d); stop it first (kill %d)", dir, prev.PID, prev.PID)
@@ -141,6 +149,7 @@ func runUp(args []string) error {
 	m, err := mountMesh(ctx, log, mountConfig{
 		Mountpoint: mnt, Seeds: []string{st.Nodes[0].HTTP}, Secret: secret,
 		WriteBuffer: 256 << 20, JoinTimeout: 30 * time.Second, CacheTimeout: 10 * time.Second,
+		AllowOther: *allowOther,
 	})
 	if err != nil {
 		return err

@@ -135,6 +135,16 @@ func (s *Store) mknod(ctx context.Context, parent Ino, name string, rec inodeRec
 		ts := now()
 		r := rec
 		r.Atime, r.Mtime, r.Ctime = ts, ts, ts
+		if p.inode.Mode&syscall.S_ISGID != 0 {
+			// A setgid directory passes its group on, and its setgid
+			// bit to new directories, as local file systems do. (The
+			// kernel already took S_ISGID off a file's mode where the
+			// creator is not in that group.)
+			r.Gid = p.inode.Gid
+			if r.isDir() {
+				r.Mode |= syscall.S_ISGID
+			}
+		}
 		t.fresh(inodeKey(ino)).inode = &r
 		d.dent = &direntRec{Ino: ino, Mode: r.Mode & syscall.S_IFMT}
 		t.put(d)
