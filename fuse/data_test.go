@@ -307,6 +307,39 @@ func TestUploadFailure(t *testing.T) {
 	sameContent(t, "content after retried fsync", mustRead(t, filepath.Join(c, "f")), newer)
 }
 
+// TestMeshFull: when no node has room for a block, close and fsync fail
+// with ENOSPC (not EIO: nothing is broken, the mesh is full), the file keeps
+// its previous content, and writing works again once there is room.
+func TestMeshFull(t *testing.T) {
+	t.Parallel()
+	tm := newTestMesh(t)
+	_, a := tm.mount()
+	path := filepath.Join(a, "f")
+	old := randBytes(slot+500, 21)
+	mustWrite(t, path, old)
+
+	tm.blocks.full.Store(true)
+	newer := randBytes(len(old), 22)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(newer, 0); err != nil {
+		t.Fatalf("write (buffered) failed: %v", err)
+	}
+	if err := f.Sync(); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("fsync with the mesh full: %v, want ENOSPC", err)
+	}
+	if err := f.Close(); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("close with the mesh full: %v, want ENOSPC", err)
+	}
+	tm.blocks.full.Store(false)
+	_, b := tm.mount()
+	sameContent(t, "content after ENOSPC, second mount", mustRead(t, filepath.Join(b, "f")), old)
+	mustWrite(t, path, newer)
+	sameContent(t, "content once there is room", mustRead(t, filepath.Join(b, "f")), newer)
+}
+
 // TestUnlinkOpenFile: an unlinked file stays readable through a handle
 // open on the mount, and its inode is reclaimed at the last close.
 func TestUnlinkOpenFile(t *testing.T) {

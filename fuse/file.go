@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"syscall"
@@ -28,8 +29,9 @@ type slotBuf struct {
 	// mtime is the Unix ns of the last write into the buffer.
 	mtime int64
 	// inFlight is set while the buffer is being uploaded, failed when its
-	// last upload failed; both guarded by fileState.mu.
-	inFlight, failed bool
+	// last upload failed, noSpace when it failed because too few nodes had
+	// room; all guarded by fileState.mu.
+	inFlight, failed, noSpace bool
 }
 
 // pendingRef is a block uploaded for a slot and not yet committed.
@@ -598,7 +600,7 @@ func (st *fileState) startUploadLocked(slot int64) {
 	}
 	delete(st.dirty, slot)
 	st.uploading[slot] = sb
-	sb.inFlight, sb.failed = true, false
+	sb.inFlight, sb.failed, sb.noSpace = true, false, false
 	st.inflight++
 	st.m.bg.Add(1)
 	go st.upload(slot, sb)
@@ -623,6 +625,7 @@ func (st *fileState) upload(slot int64, sb *slotBuf) {
 	discarded := sb.gen <= st.discardedGen
 	if err != nil {
 		sb.failed = true
+		sb.noSpace = errors.Is(err, syscall.ENOSPC)
 		m.uploadFail.Add(1)
 		m.buf.wake()
 		if m.ctx.Err() == nil {
@@ -711,9 +714,13 @@ func (st *fileState) flushLocked(ctx context.Context) error {
 	for anyInFlight(waitFor) {
 		st.uploaded.Wait()
 	}
-	if n := countFailed(waitFor); n > 0 {
+	if n, noSpace := countFailed(waitFor); n > 0 {
 		st.mu.Unlock()
-		return fmt.Errorf("flush inode %d: %d block upload(s) failed: %w", st.ino, n, syscall.EIO)
+		errno := syscall.EIO
+		if noSpace {
+			errno = syscall.ENOSPC // the mesh is full, as far as this data goes
+		}
+		return fmt.Errorf("flush inode %d: %d block upload(s) failed: %w", st.ino, n, errno)
 	}
 	if hook := st.m.beforeCommit.Load(); hook != nil {
 		st.mu.Unlock()
@@ -772,16 +779,16 @@ func anyInFlight(bufs []*slotBuf) bool {
 	return false
 }
 
-// countFailed returns how many of bufs failed their last upload; the
-// caller holds fileState.mu.
-func countFailed(bufs []*slotBuf) int {
-	n := 0
+// countFailed counts the buffers whose last upload failed and says whether
+// one failed for want of space; the caller holds fileState.mu.
+func countFailed(bufs []*slotBuf) (n int, noSpace bool) {
 	for _, sb := range bufs {
 		if sb.failed {
 			n++
+			noSpace = noSpace || sb.noSpace
 		}
 	}
-	return n
+	return n, noSpace
 }
 
 // truncateLocked applies a size change the metadata has made to the local

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +33,7 @@ type fakeBlocks struct {
 	mu         sync.Mutex
 	blocks     map[persist.BlockID][]byte
 	fail       atomic.Bool
+	full       atomic.Bool  // every Write fails for want of space
 	writeDelay atomic.Int64 // ns each Write takes
 	reads      atomic.Int64
 	writes     atomic.Int64
@@ -74,6 +76,10 @@ func (b *fakeBlocks) Write(ctx context.Context, data []byte) (persist.BlockID, e
 	}
 	if b.fail.Load() {
 		return persist.BlockID{}, fmt.Errorf("fake mesh: write refused: %w", mesh.ErrNotEnoughNodes)
+	}
+	if b.full.Load() {
+		return persist.BlockID{}, fmt.Errorf("fake mesh: 0 copies stored: %w\n%w", mesh.ErrNotEnoughNodes,
+			fmt.Errorf("node's disk full: %w", syscall.ENOSPC))
 	}
 	if len(data) > b.blockSize {
 		b.t.Errorf("block of %d bytes written, block size is %d", len(data), b.blockSize)

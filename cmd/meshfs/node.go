@@ -68,7 +68,8 @@ func runNode(args []string) error {
 	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
 	name := fs.String("name", "", "node name, unique in the mesh (default: the one recorded in the data dir, else hostname-random)")
 	zone := fs.String("zone", "", "failure zone (rack, site) of this node")
-	capacity := fs.Int64("capacity", 0, "bytes this node may store (0: limited by its disk only)")
+	capacity := fs.Int64("capacity", 0, "bytes of blocks this node may store (0: limited by its disk only)")
+	reserve := fs.Uint64("disk-reserve", 0, "bytes of the data dir's file system that blocks leave free for metadata (0: 2% of it, at least 64 MiB, at most 1 GiB)")
 	blockSize := fs.Int("block-size", 0, "block size in bytes of a new cluster (default 4 MiB); a joining node adopts the mesh's")
 	replicas := fs.Int("replicas", 0, "copies of each block in a new cluster (default 3); a joining node adopts the mesh's")
 	secretFile := fs.String("secret-file", "", "file holding the cluster secret (or set MESHFS_SECRET)")
@@ -250,6 +251,7 @@ func runNode(args []string) error {
 	srv := &http.Server{
 		Handler: blocknet.NewServer(blocknet.ServerConfig{
 			Store: store, Secret: secret.BlockKey(), DataDir: *data,
+			Capacity: *capacity, Reserve: *reserve,
 			Cluster: func() blocknet.ClusterInfo {
 				return blocknet.ClusterInfo{
 					ClusterID: state.ClusterID, BlockSize: state.BlockSize,

@@ -40,9 +40,12 @@ type ClusterInfo struct {
 
 // NodeStats is one node's storage use.
 type NodeStats struct {
-	Blocks    int64  `json:"blocks"`
-	Bytes     int64  `json:"bytes"`
-	DiskTotal uint64 `json:"disk_total"` // of the file system holding the data dir
+	Blocks int64 `json:"blocks"`
+	Bytes  int64 `json:"bytes"`
+	// DiskTotal and DiskFree are the space of the file system holding the
+	// data dir that blocks may use: capped by the node's capacity, and
+	// free net of the reserve.
+	DiskTotal uint64 `json:"disk_total"`
 	DiskFree  uint64 `json:"disk_free"`
 	// Actors is what ServerConfig.Actors returned: repair and scrub state.
 	Actors json.RawMessage `json:"actors,omitempty"`
@@ -54,8 +57,17 @@ type ServerConfig struct {
 	Secret []byte
 	// Cluster returns the node's current view of the mesh (called per request).
 	Cluster func() ClusterInfo
-	// DataDir is statfs'd for NodeStats.DiskTotal/DiskFree.
+	// DataDir is statfs'd for NodeStats.DiskTotal/DiskFree, and before
+	// storing a new block.
 	DataDir string
+	// Capacity, if positive, bounds the bytes of blocks the node stores.
+	Capacity int64
+	// Reserve is the space on DataDir's file system that new blocks leave
+	// free: the metadata server and bbolt's own growth need room, and a
+	// disk filled to the last byte fails them in ways a refused block does
+	// not. Zero means 2% of the file system, at least 64 MiB and at most
+	// 1 GiB.
+	Reserve uint64
 	// Suspect, if set, is told of a block a client found corrupt here
 	// (read-repair): the node should verify and replace its copy soon. It
 	// must not block.

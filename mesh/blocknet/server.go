@@ -37,6 +37,11 @@ type server struct {
 	// and GET answers loaded into, so moving a block does not allocate and
 	// zero a fresh multi-MiB slice each time.
 	bufs sync.Pool
+	// roomMu guards incoming: the bytes of new blocks being stored now,
+	// which the stats do not show yet, so that concurrent PUTs cannot
+	// together pass the room each of them saw.
+	roomMu   sync.Mutex
+	incoming int64
 }
 
 // buffer returns a buffer from s.bufs, to be put back when done with it.
@@ -176,6 +181,12 @@ func (s *server) putBlock(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, "read body: "+err.Error(), nil)
 		return
 	}
+	release, err := s.roomFor(r.Context(), id, len(data))
+	if err != nil {
+		s.fail(w, r, http.StatusInsufficientStorage, err.Error(), nil)
+		return
+	}
+	defer release()
 	err = s.cfg.Store.Put(r.Context(), id, data)
 	switch {
 	case err == nil:
@@ -383,19 +394,75 @@ func (s *server) cluster(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, r, s.cfg.Cluster())
 }
 
+// space returns the bytes blocks may use on this node in all and the bytes
+// still free for them (see ServerConfig.Capacity and Reserve), and the
+// bytes of blocks stored.
+func (s *server) space() (total, free uint64, used int64, err error) {
+	_, used = s.cfg.Store.Stats()
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(s.cfg.DataDir, &fs); err != nil {
+		return 0, 0, used, fmt.Errorf("statfs %s: %w", s.cfg.DataDir, err)
+	}
+	// Bavail, not Bfree: blocks reserved for root are not ours to fill.
+	total = uint64(fs.Blocks) * uint64(fs.Bsize)
+	avail := uint64(fs.Bavail) * uint64(fs.Bsize)
+	reserve := s.cfg.Reserve
+	if reserve == 0 {
+		reserve = min(max(total/50, 64<<20), 1<<30)
+	}
+	free = avail - min(avail, reserve)
+	if c := s.cfg.Capacity; c > 0 {
+		total = min(total, uint64(c))
+		free = min(free, uint64(max(c-used, 0)))
+	}
+	return total, free, used, nil
+}
+
+// roomFor takes room for a new block of n bytes, or refuses it when the
+// node has none; release gives the room back once the block is stored (and
+// counted by the store) or refused. A block the node already holds costs
+// nothing.
+func (s *server) roomFor(ctx context.Context, id persist.BlockID, n int) (release func(), err error) {
+	release = func() {}
+	if s.cfg.DataDir == "" && s.cfg.Capacity <= 0 {
+		return release, nil
+	}
+	if has, _, err := s.cfg.Store.Has(ctx, id); err == nil && has {
+		return release, nil
+	}
+	s.roomMu.Lock()
+	defer s.roomMu.Unlock()
+	taken := s.incoming
+	if _, used := s.cfg.Store.Stats(); s.cfg.Capacity > 0 && used+taken+int64(n) > s.cfg.Capacity {
+		return nil, fmt.Errorf("no room for a block of %d bytes: this node's capacity is %d bytes, %d used, %d being stored", n, s.cfg.Capacity, used, taken)
+	}
+	if s.cfg.DataDir != "" {
+		_, free, _, err := s.space()
+		if err != nil {
+			return nil, err
+		}
+		if uint64(n)+uint64(taken) > free {
+			return nil, fmt.Errorf("no room for a block of %d bytes: %d bytes left for blocks on %s, %d of them being stored; the rest is kept free for metadata", n, free, s.cfg.DataDir, taken)
+		}
+	}
+	s.incoming += int64(n)
+	return func() {
+		s.roomMu.Lock()
+		s.incoming -= int64(n)
+		s.roomMu.Unlock()
+	}, nil
+}
+
 func (s *server) stats(w http.ResponseWriter, r *http.Request) {
 	var st NodeStats
 	st.Blocks, st.Bytes = s.cfg.Store.Stats()
 	if s.cfg.DataDir != "" {
-		var fs syscall.Statfs_t
-		if err := syscall.Statfs(s.cfg.DataDir, &fs); err != nil {
-			err = fmt.Errorf("statfs %s: %w", s.cfg.DataDir, err)
+		total, free, _, err := s.space()
+		if err != nil {
 			s.fail(w, r, http.StatusInternalServerError, err.Error(), err)
 			return
 		}
-		// Bavail, not Bfree: blocks reserved for root are not ours to fill.
-		st.DiskTotal = uint64(fs.Blocks) * uint64(fs.Bsize)
-		st.DiskFree = uint64(fs.Bavail) * uint64(fs.Bsize)
+		st.DiskTotal, st.DiskFree = total, free
 	}
 	if s.cfg.Actors != nil {
 		st.Actors = s.cfg.Actors()

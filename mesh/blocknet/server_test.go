@@ -247,6 +247,67 @@ func TestPutDiskFull(t *testing.T) {
 	}
 }
 
+// TestPutNoRoom: a node refuses a new block that would pass its capacity,
+// or eat into the space its disk keeps free, with 507 and the reason; a
+// block it holds already is accepted again; stats report the space blocks
+// may use.
+func TestPutNoRoom(t *testing.T) {
+	dir := t.TempDir()
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	avail := uint64(fs.Bavail) * uint64(fs.Bsize)
+	block := func(s string) ([]byte, persist.BlockID) { return []byte(s), persist.Sum([]byte(s)) }
+	c := NewClient(testSecret, 5*time.Second)
+	defer c.closeIdle()
+	for _, tc := range []struct {
+		name     string
+		capacity int64
+		reserve  uint64
+		want     string
+	}{
+		{"capacity", 10, 1, "capacity is 10 bytes"},
+		{"reserve", 0, avail + 1<<30, "kept free for metadata"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newFakeStore()
+			srv := httptest.NewServer(NewServer(ServerConfig{Store: store, Secret: testSecret, DataDir: dir, Capacity: tc.capacity, Reserve: tc.reserve}))
+			defer srv.Close()
+			addr := srv.Listener.Addr().String()
+			small, smallID := block("tiny")
+			if tc.capacity > 0 {
+				if err := c.Put(context.Background(), addr, smallID, small); err != nil {
+					t.Fatalf("Put of %d bytes within a capacity of %d: %v", len(small), tc.capacity, err)
+				}
+			} else {
+				store.set(func(s *fakeStore) { s.blocks[smallID] = small })
+			}
+			big, bigID := block("more than fits")
+			err := c.Put(context.Background(), addr, bigID, big)
+			if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Put with no room: %v; want ENOSPC saying %q", err, tc.want)
+			}
+			if has, _, _ := store.Has(context.Background(), bigID); has {
+				t.Error("the refused block was stored")
+			}
+			if err := c.Put(context.Background(), addr, smallID, small); err != nil {
+				t.Errorf("Put of a block the node holds: %v", err)
+			}
+			st, err := c.Stats(context.Background(), addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.capacity > 0 && (st.DiskTotal != uint64(tc.capacity) || st.DiskFree != uint64(tc.capacity)-uint64(len(small))) {
+				t.Errorf("stats with a capacity of %d and %d bytes stored: total %d, free %d", tc.capacity, len(small), st.DiskTotal, st.DiskFree)
+			}
+			if tc.capacity == 0 && st.DiskFree != 0 {
+				t.Errorf("stats with a reserve past the free space: free %d, want 0", st.DiskFree)
+			}
+		})
+	}
+}
+
 func TestPutStoreFailure(t *testing.T) {
 	m, n := newTestNode(t)
 	n.store.set(func(s *fakeStore) { s.putErr = errors.New("injected I/O error") })
