@@ -1,11 +1,15 @@
 package fuse
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,4 +188,51 @@ func TestFeedResetDropsKernelCaches(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestOpenFileRemovedByOtherMount: mount B holds a file open while mount A
+// renames another file over it (an editor's save) and so removes its inode.
+// B's handle goes on reading the content it opened, fstat shows it with no
+// links, and opening the name on B gives the new file, even with the
+// kernel caching the old name for an hour.
+func TestOpenFileRemovedByOtherMount(t *testing.T) {
+	t.Parallel()
+	tm := newTestMesh(t)
+	_, a := tm.mount(longCache(true))
+	_, b := tm.mount(longCache(true))
+	old, newer := randBytes(3*slot+100, 31), randBytes(2*slot+7, 32)
+	mustWrite(t, filepath.Join(a, "f"), old)
+	sameContent(t, "old content on B", mustRead(t, filepath.Join(b, "f")), old)
+
+	f, err := os.Open(filepath.Join(b, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mustWrite(t, filepath.Join(a, "f.tmp"), newer)
+	if err := os.Rename(filepath.Join(a, "f.tmp"), filepath.Join(a, "f")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new content through B's name", func() error {
+		got, err := os.ReadFile(filepath.Join(b, "f"))
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, newer) {
+			return fmt.Errorf("read %d bytes, not the new %d", len(got), len(newer))
+		}
+		return nil
+	})
+	got, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatalf("read through the handle opened before the rename: %v", err)
+	}
+	sameContent(t, "content through the handle opened before the rename", got, old)
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatalf("fstat of the replaced file: %v", err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Nlink != 0 || fi.Size() != int64(len(old)) {
+		t.Errorf("fstat of the replaced file: nlink %d, size %d; want 0, %d", st.Nlink, fi.Size(), len(old))
+	}
 }

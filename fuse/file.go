@@ -68,6 +68,7 @@ type fileState struct {
 	inflight  int                // uploads in flight, older ones included
 	pending   map[int64]pendingRef
 	refs      map[int64]meta.BlockRef // committed block map; nil until loaded
+	attr      meta.Attr               // as last read from the metadata (lastAttr)
 	refsGen   uint64                  // bumped when refs is invalidated, so a slow load cannot install a stale map
 	gen       uint64                  // last slotBuf generation handed out
 	seq       uint64                  // bumped by every local change of size or content
@@ -111,17 +112,37 @@ func (m *FS) acquireFile(ino meta.Ino) *fileState {
 // openFile opens a handle on ino. The file's size is refreshed from the
 // metadata unless this mount holds unflushed data for it, so a file opened
 // after another mount's close sees that mount's writes.
-func (m *FS) openFile(ctx context.Context, ino meta.Ino) (*handle, error) {
+//
+// A handle opened for reading loads the block map at once. Another mount
+// may unlink the file, or rename another over it (an editor's save), and
+// reclaim the inode while it is open here: the blocks stay on the nodes for
+// the collector's grace period, so with the map in hand the handle goes on
+// reading the content it opened.
+func (m *FS) openFile(ctx context.Context, ino meta.Ino, forRead bool) (*handle, error) {
 	st := m.acquireFile(ino)
 	seq := st.seqNow()
 	mctx, cancel := metaCtx(ctx)
 	attr, err := m.meta.GetAttr(mctx, ino)
 	cancel()
+	if err == nil {
+		st.refresh(seq, attr)
+		if forRead {
+			err = st.loadRefs(ctx)
+		}
+	}
+	if errors.Is(err, syscall.ENOENT) {
+		// The kernel's cached name led to an inode another mount has
+		// removed since. ESTALE makes the kernel look the name up again
+		// and retry the open, which then finds what the name holds now.
+		err = fmt.Errorf("%w (inode removed by another mount)", syscall.ESTALE)
+	}
 	if err != nil {
 		m.releaseFile(st)
 		return nil, fmt.Errorf("open inode %d: %w", ino, err)
 	}
-	st.refresh(seq, attr)
+	st.mu.Lock()
+	st.attr = attr
+	st.mu.Unlock()
 	return &handle{st: st}, nil
 }
 
@@ -130,6 +151,7 @@ func (m *FS) openFile(ctx context.Context, ino meta.Ino) (*handle, error) {
 func (m *FS) openCreated(attr meta.Attr) *handle {
 	st := m.acquireFile(attr.Ino)
 	st.mu.Lock()
+	st.attr = attr
 	if !st.hasLocalDataLocked() {
 		st.size = int64(attr.Size)
 		st.invalidateRefsLocked()
@@ -248,11 +270,25 @@ func (st *fileState) refresh(seq uint64, attr meta.Attr) {
 func (st *fileState) refreshSize(seq uint64, attr meta.Attr) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.attr = attr
 	if st.seq != seq || st.hasLocalDataLocked() || st.size == int64(attr.Size) {
 		return
 	}
 	st.size = int64(attr.Size)
 	st.invalidateRefsLocked()
+}
+
+// lastAttr returns the attributes last read for the open file, marked
+// unlinked: what fstat shows once another mount has removed the inode.
+func (st *fileState) lastAttr() meta.Attr {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	a := st.attr
+	a.Nlink = 0
+	if st.size > 0 {
+		a.Size = uint64(st.size)
+	}
+	return a
 }
 
 func (st *fileState) hasLocalDataLocked() bool {

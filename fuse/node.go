@@ -141,10 +141,14 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *gofuse.AttrOut
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
 	attr, err := n.m.meta.GetAttr(mctx, n.ino())
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ENOENT) && st != nil:
+		// Open here, removed by another mount: as for a file unlinked
+		// while open, fstat shows it with no links.
+		attr = st.lastAttr()
+	case err != nil:
 		return n.m.errno("getattr", err, "ino", n.ino())
-	}
-	if st != nil {
+	case st != nil:
 		st.refreshSize(seq, attr)
 	}
 	n.m.fillAttr(&out.Attr, attr)
@@ -275,16 +279,22 @@ func (n *node) openExisting(ctx context.Context, name string, flags uint32, out 
 			st.truncateLocked(0)
 		}
 	}
-	h, err := m.openFile(ctx, ino)
+	h, err := m.openFile(ctx, ino, readsContent(flags))
 	if err != nil {
 		return nil, nil, 0, m.errno("create: open", err, "ino", ino)
 	}
 	return n.child(ctx, attr, out), h, 0, 0
 }
 
+// readsContent reports whether an open with flags may read the file's
+// current content.
+func readsContent(flags uint32) bool {
+	return flags&syscall.O_ACCMODE != syscall.O_WRONLY && flags&syscall.O_TRUNC == 0
+}
+
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	n.m.kernel.seen(n.ino(), n.EmbeddedInode())
-	h, err := n.m.openFile(ctx, n.ino())
+	h, err := n.m.openFile(ctx, n.ino(), readsContent(flags))
 	if err != nil {
 		return nil, 0, n.m.errno("open", err, "ino", n.ino())
 	}
