@@ -147,6 +147,12 @@ func (p Planner) JoinAffects(t *mesh.Table, id persist.BlockID, owners []int, jo
 	if len(owners) < max(p.Replicas, 1) {
 		return true
 	}
+	if t.Zoned() {
+		// Zones rank members as a set, not pair by pair: a newcomer in
+		// a zone the owners lack may displace one that ranks before it.
+		after := t.AppendOwners(nil, id, max(p.Replicas, 1))
+		return slices.ContainsFunc(after, func(o int) bool { return !slices.Contains(owners, o) })
+	}
 	for _, o := range owners {
 		if t.Before(id, joined, o) {
 			return true
@@ -169,7 +175,7 @@ type planning struct {
 	copies []pendingCopy
 	plan   Plan
 
-	owners, live, recent, stay []int
+	owners, live, recent, stay, cands []int
 }
 
 // pendingCopy carries a copy's sort key until Plan returns.
@@ -241,14 +247,11 @@ func (pl *planning) block(b *BlockCopies) {
 	// them is away, and may wait while two copies remain.
 	deferring := len(pl.live) >= 2 && len(pl.recent) > 0
 	if deferring {
-		pl.stay = append(append(pl.stay[:0], pl.owners...), pl.recent...)
-		slices.SortFunc(pl.stay, func(a, b int) int {
-			if t.Before(id, a, b) {
-				return -1
-			}
-			return 1
-		})
-		pl.stay = pl.stay[:min(len(pl.stay), pl.replicas)]
+		// Owners are chosen from these alone: adding members to a
+		// mesh can only displace owners, never promote others.
+		cands := append(append(pl.cands[:0], pl.owners...), pl.recent...)
+		pl.cands = cands
+		pl.stay = t.AppendOwnersAmong(pl.stay[:0], id, cands, pl.replicas)
 	}
 	waited := false
 	for _, o := range pl.owners {

@@ -342,7 +342,12 @@ func TestPlanInvariants(t *testing.T) {
 	}
 	for c := 0; c < cases; c++ {
 		ms := aliveMembers(1 + rng.IntN(10))
+		zones := []string{""}
+		if c%2 == 1 {
+			zones = []string{"", "a", "b", "c"}[:1+rng.IntN(4)]
+		}
 		for i := range ms {
+			ms[i].Zone = zones[rng.IntN(len(zones))]
 			ms[i].State = states[rng.IntN(len(states))]
 			if rng.IntN(8) > 0 {
 				ms[i].Since = now.Add(-time.Duration(rng.Int64N(int64(2 * delay))))
@@ -466,6 +471,40 @@ func liveHolders(ms []mesh.Member, b BlockCopies) []string {
 	return out
 }
 
+// slowOwners picks r owners from a placement order the way Placement
+// documents it: live members only, one per zone while zones last, then the
+// rest in order; returned in placement order.
+func slowOwners(order []mesh.Member, r int) []string {
+	var live []mesh.Member
+	for _, m := range order {
+		if m.Live() {
+			live = append(live, m)
+		}
+	}
+	picked := make([]bool, len(live))
+	zones := map[string]bool{}
+	n := 0
+	for i, m := range live {
+		if n < r && !zones[m.Zone] {
+			zones[m.Zone], picked[i] = true, true
+			n++
+		}
+	}
+	for i := range live {
+		if n < r && !picked[i] {
+			picked[i] = true
+			n++
+		}
+	}
+	var out []string
+	for i, m := range live {
+		if picked[i] {
+			out = append(out, m.Name)
+		}
+	}
+	return out
+}
+
 // checkPlan checks a plan against the planner's rules, recomputed the slow
 // way from Placement.Order. The safety invariant is among them: applying
 // the plan's drops alone leaves no block with fewer than min(R, live
@@ -493,12 +532,9 @@ func checkPlan(p Planner, now time.Time, ms []mesh.Member, blocks []BlockCopies,
 	var underBytes int64
 	for _, b := range blocks {
 		order := (mesh.Placement{}).Order(b.ID, ms)
-		var owners []string
+		owners := slowOwners(order, r)
 		source := ""
 		for _, m := range order {
-			if m.Live() && len(owners) < r {
-				owners = append(owners, m.Name)
-			}
 			if m.Live() && source == "" && slices.Contains(b.Holders, m.Name) {
 				source = m.Name
 			}
@@ -590,4 +626,45 @@ func BenchmarkPlan(b *testing.B) {
 		p.Plan(now, ms, blocks)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(blocks)), "ns/block")
+}
+
+// TestJoinAffectsExactly: JoinAffects says true exactly for the blocks whose
+// owners a join changes, with and without zones (where a newcomer in a new
+// zone displaces owners that rank before it).
+func TestJoinAffectsExactly(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		zones        []string
+		newcomerZone string
+	}{
+		{"no zones", []string{"", "", "", "", ""}, ""},
+		{"two zones, joins a third", []string{"a", "a", "a", "b", "b"}, "c"},
+		{"two zones, joins one", []string{"a", "a", "a", "b", "b"}, "b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Planner{Replicas: 3}
+			before := aliveMembers(len(tc.zones))
+			for i := range before {
+				before[i].Zone = tc.zones[i]
+			}
+			after := append(slices.Clone(before), mesh.Member{Name: "new", State: mesh.StateAlive, Zone: tc.newcomerZone})
+			tb, ta := mesh.NewTable(before), mesh.NewTable(after)
+			affected := 0
+			for i := range 3000 {
+				id := blockID(i)
+				owners := tb.AppendOwners(nil, id, 3) // indexes agree: after extends before
+				changed := fmt.Sprint(owners) != fmt.Sprint(ta.AppendOwners(nil, id, 3))
+				if got := p.JoinAffects(ta, id, owners, len(before)); got != changed {
+					t.Fatalf("block %d: JoinAffects %v, owners changed %v", i, got, changed)
+				}
+				if changed {
+					affected++
+				}
+			}
+			t.Logf("a join changed the owners of %d of 3000 blocks", affected)
+			if affected == 0 {
+				t.Error("no block's owners changed: the test proves nothing")
+			}
+		})
+	}
 }

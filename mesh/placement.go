@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -18,6 +19,13 @@ import (
 // The weight function is part of the cluster's on-disk contract: every
 // process must compute the same weights, and changing it moves almost every
 // block. TestWeightGolden pins it.
+//
+// Zones: when the live members are in more than one zone (Member.Zone), a
+// block's owners are spread over as many zones as there are: walking the
+// placement order, a member is taken if no owner yet is in its zone, and
+// the places left are then filled in placement order. So losing a whole
+// zone loses at most the copies that zone held, never every copy while
+// another zone has room. With one zone this is simply the first R.
 type Placement struct{}
 
 // Order returns members sorted from the block's first owner to its last
@@ -52,8 +60,25 @@ func (Placement) Order(id persist.BlockID, members []Member) []Member {
 	return out
 }
 
-// Owners returns the first n members of Order among the live ones (fewer if
-// fewer are live). It selects them in O(len(members)·n) without ranking the
+// OwnersFirst returns Order with the block's n owners (see Owners) moved to
+// the front, in placement order: the order in which a writer tries nodes,
+// and a reader looks for copies.
+func (p Placement) OwnersFirst(id persist.BlockID, members []Member, n int) []Member {
+	order := p.Order(id, members)
+	owners := p.Owners(id, members, n)
+	out := make([]Member, 0, len(order))
+	out = append(out, owners...)
+	for _, m := range order {
+		if !slices.ContainsFunc(owners, func(o Member) bool { return o.Name == m.Name }) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Owners returns the block's n owners among the live members (fewer if
+// fewer are live): the first n of Order, spread over zones (see Placement).
+// Without zones it selects them in O(len(members)·n) without ranking the
 // rest. members is not modified.
 func (Placement) Owners(id persist.BlockID, members []Member, n int) []Member {
 	var buf [8]int
@@ -79,6 +104,10 @@ type Table struct {
 	names []string
 	keys  []uint64 // nameKey of each member
 	live  []bool
+	zones []string
+	// zoned: the live members are in more than one zone, so owners are
+	// chosen for zones (see Placement) rather than as the first n.
+	zoned bool
 	// The live members alone, packed, for AppendOwners' inner loop.
 	liveKeys []uint64
 	liveIdx  []int
@@ -97,6 +126,7 @@ func NewTable(members []Member) *Table {
 		names:    make([]string, len(members)),
 		keys:     make([]uint64, len(members)),
 		live:     make([]bool, len(members)),
+		zones:    make([]string, len(members)),
 		liveKeys: make([]uint64, 0, nlive),
 		liveIdx:  make([]int, 0, nlive),
 	}
@@ -105,7 +135,11 @@ func NewTable(members []Member) *Table {
 		t.names[i] = m.Name
 		t.keys[i] = nameKey(m.Name)
 		t.live[i] = m.Live()
+		t.zones[i] = m.Zone
 		if t.live[i] {
+			if len(t.liveIdx) > 0 && m.Zone != t.zones[t.liveIdx[0]] {
+				t.zoned = true
+			}
 			t.liveKeys = append(t.liveKeys, t.keys[i])
 			t.liveIdx = append(t.liveIdx, i)
 		}
@@ -144,14 +178,68 @@ func (t *Table) before(wi uint64, i int, wj uint64, j int) bool {
 	return wi > wj || wi == wj && t.names[i] < t.names[j]
 }
 
-// AppendOwners appends to dst the indexes of block id's first n live members
-// in placement order (fewer if fewer are live), first owner first, and
-// returns the extended slice. It costs O(Len·n) and, when dst has room, no
+// Zoned reports whether the live members are in more than one zone.
+func (t *Table) Zoned() bool { return t.zoned }
+
+// AppendOwnersAmong appends to dst the indexes of the n members of cands
+// (indexes into t, live or not) that would own block id if they were the
+// only members: the first n in placement order, spread over zones, first
+// owner first.
+func (t *Table) AppendOwnersAmong(dst []int, id persist.BlockID, cands []int, n int) []int {
+	k := blockKey(id)
+	order := slices.Clone(cands)
+	slices.SortFunc(order, func(a, b int) int {
+		if t.before(weight(k, t.keys[a]), a, weight(k, t.keys[b]), b) {
+			return -1
+		}
+		return 1
+	})
+	return t.pickZones(dst, order, n)
+}
+
+// pickZones appends to dst the first n of order (member indexes in
+// placement order), spread over zones: a member is taken if no one taken
+// yet shares its zone, then the places left go in order.
+func (t *Table) pickZones(dst []int, order []int, n int) []int {
+	n = min(n, len(order))
+	base := len(dst)
+	taken := make([]bool, len(order))
+	for j, i := range order {
+		if len(dst)-base == n {
+			break
+		}
+		if !slices.ContainsFunc(dst[base:], func(o int) bool { return t.zones[o] == t.zones[i] }) {
+			dst = append(dst, i)
+			taken[j] = true
+		}
+	}
+	for j, i := range order {
+		if len(dst)-base == n {
+			break
+		}
+		if !taken[j] {
+			dst = append(dst, i)
+		}
+	}
+	// First owner first: the order the places were filled in is not
+	// placement order once the second pass ran.
+	slices.SortFunc(dst[base:], func(a, b int) int {
+		return cmp.Compare(slices.Index(order, a), slices.Index(order, b))
+	})
+	return dst
+}
+
+// AppendOwners appends to dst the indexes of block id's n owners among the
+// live members (fewer if fewer are live), first owner first, and returns the
+// extended slice. Without zones it costs O(Len·n) and, when dst has room, no
 // allocation for n ≤ 8.
 func (t *Table) AppendOwners(dst []int, id persist.BlockID, n int) []int {
 	n = min(n, len(t.liveIdx))
 	if n <= 0 {
 		return dst
+	}
+	if t.zoned {
+		return t.AppendOwnersAmong(dst, id, t.liveIdx, n)
 	}
 	k := blockKey(id)
 	base := len(dst)

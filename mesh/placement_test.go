@@ -300,3 +300,68 @@ func BenchmarkTableOwners1000(b *testing.B) {
 		dst = tab.AppendOwners(dst[:0], ids[i%len(ids)], 3)
 	}
 }
+
+// TestPlacementZones: owners are spread over zones as far as zones go, are
+// the first n of Order within that rule, and with one zone are exactly the
+// first n; OwnersFirst leads with them.
+func TestPlacementZones(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		zones []string // member i's zone
+		r     int
+		want  int // distinct zones among each block's owners
+	}{
+		{"one zone", []string{"", "", "", "", ""}, 3, 1},
+		{"two zones", []string{"a", "a", "a", "b", "b", "b"}, 3, 2},
+		{"three zones", []string{"a", "a", "b", "b", "c", "c"}, 3, 3},
+		{"three zones, R2", []string{"a", "a", "b", "b", "c", "c"}, 2, 2},
+		{"uneven", []string{"a", "a", "a", "a", "a", "b"}, 3, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ms := testMembers(len(tc.zones))
+			for i := range ms {
+				ms[i].Zone = tc.zones[i]
+			}
+			counts := map[string]int{}
+			for i := range 2000 {
+				id := testID(i)
+				owners := Placement{}.Owners(id, ms, tc.r)
+				zones := map[string]bool{}
+				for _, o := range owners {
+					zones[o.Zone] = true
+					counts[o.Name]++
+				}
+				if len(owners) != tc.r || len(zones) != tc.want {
+					t.Fatalf("block %d: owners %v in %d zones, want %d owners in %d zones", i, names(owners), len(zones), tc.r, tc.want)
+				}
+				// The first owner is the first in Order, and the rest come
+				// in Order's order.
+				order := Placement{}.Order(id, ms)
+				if owners[0].Name != order[0].Name {
+					t.Fatalf("block %d: first owner %s, first in order %s", i, owners[0].Name, order[0].Name)
+				}
+				pos := func(name string) int {
+					for j, m := range order {
+						if m.Name == name {
+							return j
+						}
+					}
+					return -1
+				}
+				for j := 1; j < len(owners); j++ {
+					if pos(owners[j-1].Name) > pos(owners[j].Name) {
+						t.Fatalf("block %d: owners %v not in placement order", i, names(owners))
+					}
+				}
+				if tc.want == 1 && fmt.Sprint(names(owners)) != fmt.Sprint(names(order[:tc.r])) {
+					t.Fatalf("block %d: one zone, owners %v, want the first %d of %v", i, names(owners), tc.r, names(order))
+				}
+				first := Placement{}.OwnersFirst(id, ms, tc.r)
+				if len(first) != len(ms) || fmt.Sprint(names(first[:tc.r])) != fmt.Sprint(names(owners)) {
+					t.Fatalf("block %d: OwnersFirst %v, owners %v", i, names(first), names(owners))
+				}
+			}
+			t.Logf("copies per member over 2000 blocks: %v", counts)
+		})
+	}
+}

@@ -47,7 +47,7 @@ func (r *Replicator) majority() int { return r.r/2 + 1 }
 func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, error) {
 	id := persist.Sum(data)
 	var live []mesh.Member
-	for _, m := range (mesh.Placement{}).Order(id, r.members()) {
+	for _, m := range (mesh.Placement{}).OwnersFirst(id, r.members(), r.r) {
 		if m.Live() {
 			live = append(live, m)
 		}
@@ -138,7 +138,7 @@ func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, e
 // Members not currently live are asked last: gossip may be wrong, and when
 // every live node failed a last try costs little.
 func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, error) {
-	order := (mesh.Placement{}).Order(id, r.members())
+	order := (mesh.Placement{}).OwnersFirst(id, r.members(), r.r)
 	if len(order) == 0 {
 		return nil, fmt.Errorf("read block %s: no members known: %w", id, mesh.ErrNotEnoughNodes)
 	}
@@ -202,7 +202,7 @@ func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, erro
 func (r *Replicator) Touch(ctx context.Context, id persist.BlockID) error {
 	touched := 0
 	var errs []error
-	for _, m := range (mesh.Placement{}).Order(id, r.members()) {
+	for _, m := range (mesh.Placement{}).OwnersFirst(id, r.members(), r.r) {
 		if !m.Live() {
 			continue
 		}
