@@ -562,3 +562,45 @@ func TestDefaultBlockSize(t *testing.T) {
 		t.Errorf("blksize %d blocks %d, want %d and %d", st.Blksize, st.Blocks, bs, (len(data)+511)/512)
 	}
 }
+
+// TestWriteMarksTimes: write(2) marks mtime and ctime for update at once,
+// before any close or fsync commits the data, and the commit keeps the
+// time the write showed (a later stat does not see the times move).
+func TestWriteMarksTimes(t *testing.T) {
+	t.Parallel()
+	tm := newTestMesh(t)
+	_, a := tm.mount()
+	path := filepath.Join(a, "f")
+	mustWrite(t, path, []byte("before"))
+	old, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("after"), 3); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Unix(st.Mtim.Unix())
+	changed := time.Unix(st.Ctim.Unix())
+	if !written.After(old.ModTime()) || changed.Before(written) {
+		t.Errorf("after write, before close: mtime %v ctime %v; want both after the old mtime %v", written, changed, old.ModTime())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fi.ModTime().Equal(written) {
+		t.Errorf("mtime after close %v, while written it showed %v", fi.ModTime(), written)
+	}
+}

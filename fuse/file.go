@@ -303,6 +303,21 @@ func (st *fileState) localSize() (int64, bool) {
 	return st.size, st.hasLocalDataLocked()
 }
 
+// localView returns what a stat should show while this mount holds data
+// the metadata does not have yet (ok): the size, the time of the last write
+// (the mtime and ctime its commit will record), and how many slots hold
+// uncommitted data.
+func (st *fileState) localView() (size, mtime int64, unflushed int, ok bool) {
+	st.mu.Lock()
+	ok = st.hasLocalDataLocked()
+	size, mtime = st.size, st.lastWrite
+	st.mu.Unlock()
+	if ok {
+		unflushed = st.unflushedSlots()
+	}
+	return size, mtime, unflushed, ok
+}
+
 // unflushedSlots counts the slots with data written here and not yet
 // committed.
 func (st *fileState) unflushedSlots() int {

@@ -80,17 +80,24 @@ func (n *node) child(ctx context.Context, attr meta.Attr, out *gofuse.EntryOut) 
 }
 
 // fillAttr converts attributes for the kernel. A file this mount holds
-// unflushed data for reports its in-memory size. st_blocks counts the bytes
-// held in blocks, so holes take no space (as du expects); unflushed slots
-// count as whole blocks, at most the file's size, since what they replace
-// is known only at the commit.
+// unflushed data for reports its in-memory size, and the time of its last
+// write as mtime and ctime (as write(2) must; the commit records that
+// time). st_blocks counts the bytes held in blocks, so holes take no space
+// (as du expects); unflushed slots count as whole blocks, at most the
+// file's size, since what they replace is known only at the commit.
 func (m *FS) fillAttr(out *gofuse.Attr, a meta.Attr) {
 	size, stored := a.Size, a.Stored
 	if a.Mode&syscall.S_IFMT == syscall.S_IFREG {
 		if st := m.fileFor(a.Ino); st != nil {
-			if local, ok := st.localSize(); ok {
+			if local, mtime, unflushed, ok := st.localView(); ok {
 				size = uint64(local)
-				stored = min(size, stored+uint64(st.unflushedSlots())*uint64(m.bs))
+				stored = min(size, stored+uint64(unflushed)*uint64(m.bs))
+				if mtime > a.Mtime {
+					a.Mtime = mtime
+				}
+				if mtime > a.Ctime {
+					a.Ctime = mtime
+				}
 			}
 		}
 	} else {
