@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/meshfs/meshfs/mesh"
@@ -315,6 +316,7 @@ func (r *Repairer) copyAll(ctx context.Context, members []mesh.Member, copies []
 	}
 	var sent int64
 	var mu sync.Mutex
+	noRoom := map[string]int{} // refused copies per full node, under mu
 	sem := make(chan struct{}, r.cfg.Concurrency)
 	var wg sync.WaitGroup
 	for _, c := range copies {
@@ -337,6 +339,14 @@ func (r *Repairer) copyAll(ctx context.Context, members []mesh.Member, copies []
 			defer r.mu.Unlock()
 			if err != nil {
 				r.stats.Failed++
+				if errors.Is(err, syscall.ENOSPC) {
+					// Logged once per round and node below: a full
+					// node refuses every copy of every round.
+					mu.Lock()
+					noRoom[c.To]++
+					mu.Unlock()
+					return
+				}
 				r.log.Warn("repair: copy failed", "block", c.Block, "to", c.To, "err", err)
 				return
 			}
@@ -348,6 +358,9 @@ func (r *Repairer) copyAll(ctx context.Context, members []mesh.Member, copies []
 		}(c)
 	}
 	wg.Wait()
+	for node, n := range noRoom {
+		r.log.Warn("repair: node has no room for the copies it owns; the blocks keep their copies elsewhere", "node", node, "refused", n)
+	}
 	return sent
 }
 

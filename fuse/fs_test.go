@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -467,5 +469,27 @@ func TestCreateRace(t *testing.T) {
 	}
 	if got := mustRead(t, filepath.Join(b, "f")); len(got) != 0 {
 		t.Errorf("content %q after O_TRUNC, want empty", got)
+	}
+}
+
+// TestErrnoMapping: errnos that answer a request pass through, wrapped or
+// not; transport errnos and plain errors become EIO.
+func TestErrnoMapping(t *testing.T) {
+	m := &FS{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, tc := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{nil, 0},
+		{syscall.ENOENT, syscall.ENOENT},
+		{fmt.Errorf("create %q: %w", "x", syscall.EEXIST), syscall.EEXIST},
+		{fmt.Errorf("flush: %w", syscall.ENOSPC), syscall.ENOSPC},
+		{fmt.Errorf("read block: dial tcp: %w", syscall.ECONNREFUSED), syscall.EIO},
+		{fmt.Errorf("read block: %w", syscall.ETIMEDOUT), syscall.EIO},
+		{errors.New("no metadata leader"), syscall.EIO},
+	} {
+		if got := m.errno("op", tc.err); got != tc.want {
+			t.Errorf("errno(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

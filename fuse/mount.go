@@ -419,16 +419,30 @@ func metaCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // errno turns an error of the metadata store or the mesh into the errno the
-// caller sees: a syscall.Errno in its chain is passed on, anything else is
-// logged and reported as EIO.
+// caller sees: an errno that answers the request (see fileErrnos) is passed
+// on; anything else, such as a network errno from a node that did not
+// answer, is logged and reported as EIO.
 func (m *FS) errno(op string, err error, args ...any) syscall.Errno {
 	if err == nil {
 		return 0
 	}
 	var e syscall.Errno
-	if errors.As(err, &e) {
+	if errors.As(err, &e) && fileErrnos[e] {
 		return e
 	}
 	m.log.Error("meshfs: "+op+" failed", append(args, "err", err)...)
 	return syscall.EIO
+}
+
+// fileErrnos are the errnos the metadata store and the mount give as
+// answers about the file system, as a local file system would. Others in an
+// error's chain come from the transport (ECONNREFUSED from a dead node, say)
+// and mean the request could not be carried out: EIO.
+var fileErrnos = map[syscall.Errno]bool{
+	syscall.ENOENT: true, syscall.EEXIST: true, syscall.ENOTDIR: true, syscall.EISDIR: true,
+	syscall.ENOTEMPTY: true, syscall.ENAMETOOLONG: true, syscall.EINVAL: true, syscall.EPERM: true,
+	syscall.EACCES: true, syscall.ENOSPC: true, syscall.EFBIG: true, syscall.ENODATA: true,
+	syscall.ERANGE: true, syscall.E2BIG: true, syscall.EXDEV: true, syscall.ESTALE: true,
+	syscall.ELOOP: true, syscall.EBADF: true, syscall.EROFS: true, syscall.ENOTSUP: true,
+	syscall.EMLINK: true, syscall.EOVERFLOW: true, syscall.EIO: true,
 }

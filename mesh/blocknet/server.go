@@ -40,8 +40,9 @@ type server struct {
 	// roomMu guards incoming: the bytes of new blocks being stored now,
 	// which the stats do not show yet, so that concurrent PUTs cannot
 	// together pass the room each of them saw.
-	roomMu   sync.Mutex
-	incoming int64
+	roomMu     sync.Mutex
+	incoming   int64
+	refusedLog time.Time // when refuse last logged
 }
 
 // buffer returns a buffer from s.bufs, to be put back when done with it.
@@ -142,6 +143,25 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, msg stri
 	io.WriteString(w, msg)
 }
 
+// refuse answers 507 for a block the node has no room for. A full node
+// refuses every block written or copied to it, so the log says so at most
+// once a minute rather than per request.
+func (s *server) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	s.roomMu.Lock()
+	now := time.Now()
+	quiet := now.Sub(s.refusedLog) < time.Minute
+	if !quiet {
+		s.refusedLog = now
+	}
+	s.roomMu.Unlock()
+	if !quiet {
+		slog.Warn("refusing new blocks: no room", "err", err, "remote", r.RemoteAddr)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusInsufficientStorage)
+	io.WriteString(w, err.Error())
+}
+
 // blockID parses the {id} path value, answering 400 if it is not one.
 func (s *server) blockID(w http.ResponseWriter, r *http.Request) (persist.BlockID, bool) {
 	id, err := persist.ParseBlockID(r.PathValue("id"))
@@ -183,7 +203,7 @@ func (s *server) putBlock(w http.ResponseWriter, r *http.Request) {
 	}
 	release, err := s.roomFor(r.Context(), id, len(data))
 	if err != nil {
-		s.fail(w, r, http.StatusInsufficientStorage, err.Error(), nil)
+		s.refuse(w, r, err)
 		return
 	}
 	defer release()
