@@ -175,17 +175,7 @@ func (s *Scrubber) pass(ctx context.Context) error {
 	s.stats.PassBlocks, s.stats.PassChecked = int64(len(blocks)), 0
 	s.mu.Unlock()
 	for _, b := range blocks {
-		for {
-			// Serve urgent checks first; then wait for the pace.
-			select {
-			case id := <-s.urgent:
-				s.verifyUrgent(ctx, id)
-				continue
-			default:
-			}
-			break
-		}
-		if err := limiter.WaitN(ctx, min(max(b.size, 1), 64<<20)); err != nil {
+		if err := s.paceServingUrgent(ctx, limiter, min(max(b.size, 1), 64<<20)); err != nil {
 			return err
 		}
 		s.verify(ctx, b.id, true)
@@ -198,6 +188,29 @@ func (s *Scrubber) pass(ctx context.Context) error {
 	s.stats.LastPass = time.Now()
 	s.mu.Unlock()
 	return nil
+}
+
+// paceServingUrgent waits until limiter allows n more bytes, checking the
+// blocks readers report meanwhile: a slow pass (a low --scrub-max-rate, a
+// long period) must not hold up read-repair, which has no pace.
+func (s *Scrubber) paceServingUrgent(ctx context.Context, limiter *rate.Limiter, n int) error {
+	r := limiter.ReserveN(time.Now(), n)
+	if !r.OK() {
+		return fmt.Errorf("scrub pace: %d bytes exceed the limiter's burst", n)
+	}
+	t := time.NewTimer(r.Delay())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.Cancel()
+			return ctx.Err()
+		case id := <-s.urgent:
+			s.verifyUrgent(ctx, id)
+		case <-t.C:
+			return nil
+		}
+	}
 }
 
 // verify checks one block and repairs it when it is corrupt; byPass tells

@@ -126,6 +126,21 @@ func TestScrubFindsAndRepairsEveryCorruptBlockInOnePass(t *testing.T) {
 }
 
 func TestScrubChecksReportedBlockAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rate float64
+	}{
+		// A pass at 1 MiB/s needs about 5 s, 1 s per block.
+		{"1 MiB/s", 1 << 20},
+		// At 64 KiB/s the pass waits 16 s per block: a report must not
+		// wait behind that either.
+		{"64 KiB/s", 64 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) { scrubChecksReportedBlockAtOnce(t, tc.rate) })
+	}
+}
+
+func scrubChecksReportedBlockAtOnce(t *testing.T, rate float64) {
 	dir := t.TempDir()
 	s, blocks := storeWithBlocks(t, dir, 5, 1<<20)
 	var bad persist.BlockID
@@ -140,11 +155,12 @@ func TestScrubChecksReportedBlockAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	// A pass at 1 MiB/s would need about 5 s; the reported block must not wait.
-	sc := NewScrubber(s, &goodCopies{blocks: blocks}, ScrubConfig{Period: time.Hour, MaxRate: 1 << 20, MinRate: 1 << 20}, quietLog())
+	sc := NewScrubber(s, &goodCopies{blocks: blocks}, ScrubConfig{Period: time.Hour, MaxRate: rate, MinRate: rate}, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sc.Run(ctx)
+	// Report once the pass is waiting for its pace, not before it starts.
+	time.Sleep(300 * time.Millisecond)
 	sc.Check(bad)
 	deadline := time.Now().Add(2 * time.Second)
 	for sc.Stats().Repaired < 1 && time.Now().Before(deadline) {
