@@ -7,12 +7,17 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/meshfs/meshfs/actors"
 	"github.com/meshfs/meshfs/mesh/blocknet"
+	"github.com/meshfs/meshfs/mesh/meta"
+	"github.com/meshfs/meshfs/mesh/natsd"
 	"github.com/meshfs/meshfs/persist"
 )
 
@@ -47,19 +52,88 @@ type statusReport struct {
 	Replication int            `json:"replication"`
 	Members     []statusMember `json:"members"`
 	// Blocks counts distinct blocks on live nodes, Copies their copies.
-	Blocks                int           `json:"blocks"`
-	Copies                int64         `json:"copies"`
-	Bytes                 int64         `json:"bytes"` // bytes of all copies
-	UnderReplicatedBlocks int           `json:"under_replicated_blocks"`
-	UnderReplicatedBytes  int64         `json:"under_replicated_bytes"`
-	LostBlocks            int           `json:"lost_blocks"` // no live copy (their holders are down)
-	Repair                statusRepair  `json:"repair"`
-	Scrub                 statusScrub   `json:"scrub"`
-	Collect               statusCollect `json:"collect"`
-	ActorRestarts         int64         `json:"actor_restarts"` // actors restarted after a panic, all nodes
+	Blocks                int   `json:"blocks"`
+	Copies                int64 `json:"copies"`
+	Bytes                 int64 `json:"bytes"` // bytes of all copies
+	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
+	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
+	// LostBlocks counts blocks some file refers to that no live node
+	// holds (their holders are down, or they are gone); LostError says why
+	// they could not be counted (the metadata did not answer).
+	LostBlocks    int           `json:"lost_blocks"`
+	LostError     string        `json:"lost_error,omitempty"`
+	Repair        statusRepair  `json:"repair"`
+	Scrub         statusScrub   `json:"scrub"`
+	Collect       statusCollect `json:"collect"`
+	ActorRestarts int64         `json:"actor_restarts"` // actors restarted after a panic, all nodes
 	// Metadata is the metadata cluster as the live nodes see it: the view
 	// of the node that leads it, else of the first node that answered.
 	Metadata metaInfo `json:"metadata"`
+
+	held map[persist.BlockID]*actors.BlockCopies // blocks on live nodes
+}
+
+// lostBlocks counts the blocks files refer to that no live node holds. The
+// nodes' inventories alone cannot show them: a block whose every copy is on
+// a dead node is in no live inventory. So status reads the block maps, as
+// the collector does.
+type lostBlocks struct {
+	secret clusterSecret
+	nc     *nats.Conn
+	store  *meta.Store
+}
+
+// referenced returns every block a file refers to.
+func (l *lostBlocks) referenced(ctx context.Context, info blocknet.ClusterInfo) (map[persist.BlockID]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if l.store == nil {
+		urls, err := metaURLs(info.Members)
+		if err != nil {
+			return nil, err
+		}
+		if l.nc, err = natsd.Connect(ctx, urls, l.secret.NATSToken(), "meshfs status"); err != nil {
+			return nil, err
+		}
+		if l.store, err = openMeta(ctx, l.nc, info.BlockSize); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	refs := map[persist.BlockID]bool{}
+	err := l.store.ReferencedBlocks(ctx, func(id persist.BlockID) error {
+		refs[id] = true
+		return nil
+	})
+	if err != nil {
+		l.Close() // reconnect next time
+		return nil, err
+	}
+	return refs, nil
+}
+
+// count sets the report's lost blocks: those referenced, read before the
+// inventories, that no live node holds.
+func (l *lostBlocks) count(rep *statusReport, refs map[persist.BlockID]bool, err error) {
+	if err != nil {
+		rep.LostError = fmt.Sprintf("could not read the block maps: %v", err)
+		return
+	}
+	for id := range refs {
+		if rep.held[id] == nil {
+			rep.LostBlocks++
+		}
+	}
+}
+
+func (l *lostBlocks) Close() {
+	if l.store != nil {
+		l.store.Close()
+	}
+	if l.nc != nil {
+		l.nc.Close()
+	}
+	l.store, l.nc = nil, nil
 }
 
 type statusCollect struct {
@@ -115,8 +189,14 @@ func runStatus(args []string) error {
 		return err
 	}
 	defer view.Close()
+	lost := &lostBlocks{secret: secret}
+	defer lost.Close()
 	for {
+		// The block maps first: a file written after its inventory
+		// was listed must not count as lost.
+		refs, refsErr := lost.referenced(ctx, view.Info())
 		rep := gatherStatus(ctx, client, view.Info())
+		lost.count(&rep, refs, refsErr)
 		switch {
 		case *asJSON:
 			enc := json.NewEncoder(os.Stdout)
@@ -201,7 +281,8 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 	}
 	plan := actors.Planner{Replicas: info.Replication}.Plan(time.Now(), info.Members, blocks)
 	rep.Blocks = len(blocks)
-	rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks = plan.UnderReplicated, plan.UnderReplicatedBytes, len(plan.Lost)
+	rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes = plan.UnderReplicated, plan.UnderReplicatedBytes
+	rep.held = copies
 	rep.Repair.Waiting = waiting
 	rep.Repair.ETASeconds = -1
 	if rep.UnderReplicatedBytes == 0 {
@@ -235,8 +316,12 @@ func printStatus(w io.Writer, rep statusReport, bars bool) {
 	if rep.Repair.ETASeconds >= 0 {
 		eta = (time.Duration(rep.Repair.ETASeconds * float64(time.Second))).Round(time.Second).String()
 	}
-	fmt.Fprintf(w, "under-replicated: %d blocks, %d bytes; lost: %d; waiting for repair delay: %d\n",
-		rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, rep.LostBlocks, rep.Repair.Waiting)
+	lost := strconv.Itoa(rep.LostBlocks)
+	if rep.LostError != "" {
+		lost = "unknown (" + rep.LostError + ")"
+	}
+	fmt.Fprintf(w, "under-replicated: %d blocks, %d bytes; lost: %s; waiting for repair delay: %d\n",
+		rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, lost, rep.Repair.Waiting)
 	fmt.Fprintf(w, "repair: %.1f MiB/s, ETA %s, %d bytes copied so far\n", rep.Repair.RateBytes/(1<<20), eta, rep.Repair.CopiedBytes)
 	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d (%d by scrub passes, %d reported by readers), repaired %d\n",
 		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.ByPass, rep.Scrub.Corrupt-rep.Scrub.ByPass, rep.Scrub.Repaired)
