@@ -3,7 +3,9 @@ package fuse
 import (
 	"context"
 	"errors"
+	"math"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
@@ -92,12 +94,12 @@ func (m *FS) fillAttr(out *gofuse.Attr, a meta.Attr) {
 			if local, mtime, unflushed, ok := st.localView(); ok {
 				size = uint64(local)
 				stored = min(size, stored+uint64(unflushed)*uint64(m.bs))
-				if mtime > a.Mtime {
-					a.Mtime = mtime
-				}
-				if mtime > a.Ctime {
-					a.Ctime = mtime
-				}
+				// Times set by utimens were committed before any
+				// data still here was written (Setattr flushes), so
+				// the last write's time is the mtime, whatever the
+				// committed one says.
+				a.Mtime = mtime
+				a.Ctime = max(a.Ctime, mtime)
 			}
 		}
 	} else {
@@ -165,31 +167,30 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *gofuse.AttrOut
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	m, ino := n.m, n.ino()
 	var sa meta.SetAttrIn
-	changes := false
 	if mode, ok := in.GetMode(); ok {
-		sa.Mode, changes = &mode, true
+		sa.Mode = &mode
 	}
 	if uid, ok := in.GetUID(); ok {
-		sa.Uid, changes = &uid, true
+		sa.Uid = &uid
 	}
 	if gid, ok := in.GetGID(); ok {
-		sa.Gid, changes = &gid, true
+		sa.Gid = &gid
 	}
 	size, hasSize := in.GetSize()
 	if hasSize {
-		sa.Size, changes = &size, true
+		sa.Size = &size
 	}
 	// go-fuse resolves UTIME_NOW to the current time; UTIME_OMIT leaves
 	// the field unset.
 	atime, hasAtime := in.GetATime()
 	if hasAtime {
-		ns := atime.UnixNano()
-		sa.Atime, changes = &ns, true
+		ns := clampUnixNano(atime)
+		sa.Atime = &ns
 	}
 	mtime, hasMtime := in.GetMTime()
 	if hasMtime {
-		ns := mtime.UnixNano()
-		sa.Mtime, changes = &ns, true
+		ns := clampUnixNano(mtime)
+		sa.Mtime = &ns
 	}
 
 	// Unflushed data is committed first: a truncation must cut the data
@@ -206,7 +207,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 			return m.errno("setattr: flush", err, "ino", ino)
 		}
 	}
-	attr, errno := n.setattr(ctx, sa, changes)
+	attr, errno := n.setattr(ctx, sa)
 	if errno != 0 {
 		return errno
 	}
@@ -217,16 +218,24 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 	return 0
 }
 
-func (n *node) setattr(ctx context.Context, sa meta.SetAttrIn, changes bool) (meta.Attr, syscall.Errno) {
+// clampUnixNano is t in Unix nanoseconds, held to the years 1678 to 2262
+// that an int64 of nanoseconds covers (ext4 clamps to its own range too).
+func clampUnixNano(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// setattr applies sa. One that changes nothing still marks ctime, as
+// chown(path, -1, -1) must.
+func (n *node) setattr(ctx context.Context, sa meta.SetAttrIn) (meta.Attr, syscall.Errno) {
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
-	var attr meta.Attr
-	var err error
-	if changes {
-		attr, err = n.m.meta.SetAttr(mctx, n.ino(), sa)
-	} else {
-		attr, err = n.m.meta.GetAttr(mctx, n.ino())
-	}
+	attr, err := n.m.meta.SetAttr(mctx, n.ino(), sa)
 	if err != nil {
 		return attr, n.m.errno("setattr", err, "ino", n.ino())
 	}

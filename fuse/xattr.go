@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"context"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -14,10 +15,28 @@ var (
 	_ = (fs.NodeRemovexattrer)((*node)(nil))
 )
 
+// checkXattrName refuses what a local file system refuses before looking:
+// a name outside the known namespaces (EOPNOTSUPP) and a namespace with
+// nothing after it (EINVAL).
+func checkXattrName(name string) syscall.Errno {
+	for _, ns := range []string{"user.", "trusted.", "security.", "system."} {
+		if rest, ok := strings.CutPrefix(name, ns); ok {
+			if rest == "" {
+				return syscall.EINVAL
+			}
+			return 0
+		}
+	}
+	return syscall.EOPNOTSUPP
+}
+
 // Getxattr follows getxattr(2)'s size protocol: a dest too small for the
 // value (size 0 is the caller asking for the size) gets ERANGE and the size
 // it needs; go-fuse turns that into a plain size answer for a 0-byte dest.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if e := checkXattrName(attr); e != 0 {
+		return 0, e
+	}
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
 	val, err := n.m.meta.GetXattr(mctx, n.ino(), attr)
@@ -31,6 +50,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if e := checkXattrName(attr); e != 0 {
+		return e
+	}
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
 	// data belongs to go-fuse's request buffer and is reused after we
@@ -68,6 +90,9 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if e := checkXattrName(attr); e != 0 {
+		return e
+	}
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
 	if err := n.m.meta.RemoveXattr(mctx, n.ino(), attr); err != nil {

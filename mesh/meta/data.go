@@ -339,7 +339,9 @@ func (s *Store) commitWrite(ctx context.Context, ino Ino, slots map[int64]BlockR
 			}
 		}
 		r.Size = size
-		r.Mtime, r.Ctime = mtime, mtime
+		// ctime never goes back: an unlink, chmod or rename may have
+		// set a later one since the data was written.
+		r.Mtime, r.Ctime = mtime, max(r.Ctime, mtime)
 		t.put(e)
 		out = r.attr()
 		return nil
