@@ -473,9 +473,15 @@ func TestCommitWrite(t *testing.T) {
 	f := must[Attr](t)(s.Create(ctx, RootIno, "f", 0o644, 0, 0))
 	const bs = testBlockSize
 	// Slots 5 and 2000 live in chunks 0 and 1: one atomic commit.
+	// The commit records the write's time as mtime; ctime never goes back
+	// (the file's creation is later than 12345 ns after 1970).
 	a := must[Attr](t)(s.CommitWrite(ctx, f.Ino, map[int64]BlockRef{5: ref("five", bs), 2000: ref("2000", 7)}, 2000*bs+7, 12345))
-	if a.Size != 2000*bs+7 || a.Mtime != 12345 || a.Ctime != 12345 || a.Stored != bs+7 {
+	if a.Size != 2000*bs+7 || a.Mtime != 12345 || a.Ctime != f.Ctime || a.Stored != bs+7 {
 		t.Fatalf("after commit: %+v", a)
+	}
+	later := f.Ctime + 1000
+	if a := must[Attr](t)(s.CommitWrite(ctx, f.Ino, map[int64]BlockRef{}, 0, later)); a.Mtime != later || a.Ctime != later {
+		t.Fatalf("after a commit later than the ctime: %+v, want mtime and ctime %d", a, later)
 	}
 	got := must[map[int64]BlockRef](t)(s.Blocks(ctx, f.Ino, 0, 1<<40))
 	if !mapsEqual(got, map[int64]BlockRef{5: ref("five", bs), 2000: ref("2000", 7)}) {
