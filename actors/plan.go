@@ -249,9 +249,8 @@ func (pl *planning) block(b *BlockCopies) {
 	if deferring {
 		// Owners are chosen from these alone: adding members to a
 		// mesh can only displace owners, never promote others.
-		cands := append(append(pl.cands[:0], pl.owners...), pl.recent...)
-		pl.cands = cands
-		pl.stay = t.AppendOwnersAmong(pl.stay[:0], id, cands, pl.replicas)
+		pl.cands = append(append(pl.cands[:0], pl.owners...), pl.recent...)
+		pl.stay = t.AppendOwnersAmong(pl.stay[:0], id, pl.cands, pl.replicas)
 	}
 	waited := false
 	for _, o := range pl.owners {

@@ -135,7 +135,7 @@ func TestSharedHandles(t *testing.T) {
 
 	st, _ := w1.Stat()
 	ino := meta.Ino(st.Sys().(*syscall.Stat_t).Ino)
-	if local, ok := fsys.fileFor(ino).localSize(); !ok || local != int64(len(want)) {
+	if local, _, _, ok := fsys.fileFor(ino).localView(); !ok || local != int64(len(want)) {
 		t.Errorf("in-memory size %d (unflushed %v), want %d", local, ok, len(want))
 	}
 	if err := w1.Sync(); err != nil {

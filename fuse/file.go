@@ -295,48 +295,31 @@ func (st *fileState) hasLocalDataLocked() bool {
 	return len(st.dirty) > 0 || len(st.pending) > 0 || st.inflight > 0
 }
 
-// localSize returns the size a stat should report while this mount holds
-// data the metadata does not have yet.
-func (st *fileState) localSize() (int64, bool) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.size, st.hasLocalDataLocked()
-}
-
 // localView returns what a stat should show while this mount holds data
 // the metadata does not have yet (ok): the size, the time of the last write
 // (the mtime and ctime its commit will record), and how many slots hold
 // uncommitted data.
 func (st *fileState) localView() (size, mtime int64, unflushed int, ok bool) {
 	st.mu.Lock()
-	ok = st.hasLocalDataLocked()
-	size, mtime = st.size, st.lastWrite
-	st.mu.Unlock()
-	if ok {
-		unflushed = st.unflushedSlots()
-	}
-	return size, mtime, unflushed, ok
-}
-
-// unflushedSlots counts the slots with data written here and not yet
-// committed.
-func (st *fileState) unflushedSlots() int {
-	st.mu.Lock()
 	defer st.mu.Unlock()
-	n := len(st.dirty)
+	if !st.hasLocalDataLocked() {
+		return st.size, st.lastWrite, 0, false
+	}
+	// Slots with uncommitted data: dirty, uploading or pending, each once.
+	unflushed = len(st.dirty)
 	for slot := range st.uploading {
 		if _, ok := st.dirty[slot]; !ok {
-			n++
+			unflushed++
 		}
 	}
 	for slot := range st.pending {
 		_, d := st.dirty[slot]
 		_, u := st.uploading[slot]
 		if !d && !u {
-			n++
+			unflushed++
 		}
 	}
-	return n
+	return st.size, st.lastWrite, unflushed, true
 }
 
 func (st *fileState) invalidateRefsLocked() {

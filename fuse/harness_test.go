@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/mesh/meta"
 	"github.com/meshfs/meshfs/mesh/natsd"
@@ -111,7 +113,8 @@ type testMesh struct {
 	blockSize int
 	blocks    *fakeBlocks
 	newMeta   func() Metadata
-	meta      Metadata // a store of its own, for the tests to inspect metadata
+	meta      Metadata   // a store of its own, for the tests to inspect metadata
+	nc        *nats.Conn // the stores' connection, for tests that write the bucket in bulk
 }
 
 func newTestMesh(t *testing.T) *testMesh {
@@ -135,6 +138,7 @@ func newTestMeshBlockSize(t *testing.T, blockSize int) *testMesh {
 		t.Fatalf("connect to nats: %v", err)
 	}
 	t.Cleanup(nc.Close)
+	tm.nc = nc
 	tm.newMeta = func() Metadata {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

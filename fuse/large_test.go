@@ -44,7 +44,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshfs/meshfs/mesh/meta"
-	"github.com/meshfs/meshfs/mesh/natsd"
 	"github.com/meshfs/meshfs/persist"
 )
 
@@ -57,38 +56,6 @@ func largeSize(small, large int) int {
 		return large
 	}
 	return small
-}
-
-// newLargeTestMesh is newTestMeshBlockSize that also hands back the NATS
-// connection, so a test can write the metadata bucket in bulk.
-func newLargeTestMesh(t *testing.T, blockSize int) (*testMesh, *nats.Conn) {
-	t.Helper()
-	tm := &testMesh{t: t, blockSize: blockSize, blocks: newFakeBlocks(t, blockSize)}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	const secret = "fuse-test-secret"
-	srv, err := natsd.Start(natsd.Config{Name: "fuse-large-test", Dir: t.TempDir(), Port: 0, Secret: secret})
-	if err != nil {
-		t.Fatalf("start nats: %v", err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := natsd.Connect(ctx, []string{srv.ClientURL()}, secret, "fuse-large-test")
-	if err != nil {
-		t.Fatalf("connect to nats: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	tm.newMeta = func() Metadata {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		st, err := meta.Open(ctx, nc, meta.Options{BlockSize: blockSize})
-		if err != nil {
-			t.Fatalf("open meta store: %v", err)
-		}
-		t.Cleanup(func() { st.Close() })
-		return st
-	}
-	tm.meta = tm.newMeta()
-	return tm, nc
 }
 
 // largeCountingMeta counts the metadata calls a mount makes.
@@ -335,7 +302,8 @@ func parseDirents(t *testing.T, buf []byte) []direntPage {
 func TestLargeDirectory(t *testing.T) {
 	t.Parallel()
 	n := largeSize(10_000, 100_000)
-	tm, nc := newLargeTestMesh(t, slot)
+	tm := newTestMeshBlockSize(t, slot)
+	nc := tm.nc
 	ctx := context.Background()
 	store := tm.meta
 

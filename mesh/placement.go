@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"cmp"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -199,33 +198,29 @@ func (t *Table) AppendOwnersAmong(dst []int, id persist.BlockID, cands []int, n 
 
 // pickZones appends to dst the first n of order (member indexes in
 // placement order), spread over zones: a member is taken if no one taken
-// yet shares its zone, then the places left go in order.
+// yet shares its zone, then the places left go in order. They are appended
+// in placement order, first owner first.
 func (t *Table) pickZones(dst []int, order []int, n int) []int {
-	n = min(n, len(order))
-	base := len(dst)
 	taken := make([]bool, len(order))
+	var zones []string // taken in the first pass, one member each
 	for j, i := range order {
-		if len(dst)-base == n {
-			break
-		}
-		if !slices.ContainsFunc(dst[base:], func(o int) bool { return t.zones[o] == t.zones[i] }) {
-			dst = append(dst, i)
+		if len(zones) < n && !slices.Contains(zones, t.zones[i]) {
+			zones = append(zones, t.zones[i])
 			taken[j] = true
 		}
 	}
-	for j, i := range order {
-		if len(dst)-base == n {
-			break
-		}
+	picked := len(zones)
+	for j := 0; j < len(order) && picked < n; j++ {
 		if !taken[j] {
+			taken[j] = true
+			picked++
+		}
+	}
+	for j, i := range order {
+		if taken[j] {
 			dst = append(dst, i)
 		}
 	}
-	// First owner first: the order the places were filled in is not
-	// placement order once the second pass ran.
-	slices.SortFunc(dst[base:], func(a, b int) int {
-		return cmp.Compare(slices.Index(order, a), slices.Index(order, b))
-	})
 	return dst
 }
 

@@ -13,13 +13,13 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// metaRefs gives a node's collector the metadata's referenced blocks. It
-// connects to the metadata servers (learned through gossip) when first
-// asked, and again after a failure.
+// metaRefs gives the metadata's referenced blocks to a node's collector and
+// to status. It connects to the metadata servers (found among members) when
+// first asked, and again after a failure.
 type metaRefs struct {
-	members   *mesh.Membership
+	members   func() []mesh.Member
 	token     string
-	name      string
+	client    string // the connection's name, for the servers' logs
 	blockSize int
 
 	mu    sync.Mutex
@@ -45,18 +45,18 @@ func (r *metaRefs) open(ctx context.Context) (*meta.Store, error) {
 	if r.store != nil {
 		return r.store, nil
 	}
-	urls, err := metaURLs(r.members.Members())
+	urls, err := metaURLs(r.members())
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	nc, err := natsd.Connect(cctx, urls, r.token, "meshfs node "+r.name+" collector")
+	nc, err := natsd.Connect(cctx, urls, r.token, r.client)
 	if err != nil {
 		return nil, err
 	}
 	// MustExist: marking against a bucket created here, empty, would
-	// condemn every block.
+	// condemn every block (and show every block lost).
 	s, err := meta.Open(cctx, nc, meta.Options{Bucket: metaBucket, BlockSize: r.blockSize, MustExist: true})
 	if err != nil {
 		nc.Close()

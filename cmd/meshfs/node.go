@@ -237,7 +237,7 @@ func runNode(args []string) error {
 	if *collectGrace < 10*time.Minute {
 		log.Warn("--collect-grace below 10 minutes can remove blocks a write in progress still needs; use it for tests only", "collect_grace", *collectGrace)
 	}
-	refs := &metaRefs{members: members, token: secret.NATSToken(), name: state.Name, blockSize: state.BlockSize}
+	refs := &metaRefs{members: members.Members, token: secret.NATSToken(), client: "meshfs node " + state.Name + " collector", blockSize: state.BlockSize}
 	defer refs.Close()
 	collector := actors.NewCollector(store, refs, actors.CollectConfig{Grace: *collectGrace, Interval: *collectInterval}, log.With("actor", "collect"))
 	sup.Start("collect", collector)
@@ -251,7 +251,7 @@ func runNode(args []string) error {
 	srv := &http.Server{
 		Handler: blocknet.NewServer(blocknet.ServerConfig{
 			Store: store, Secret: secret.BlockKey(), DataDir: *data,
-			Capacity: *capacity, Reserve: *reserve,
+			Capacity: *capacity, Reserve: *reserve, Logger: log,
 			Cluster: func() blocknet.ClusterInfo {
 				return blocknet.ClusterInfo{
 					ClusterID: state.ClusterID, BlockSize: state.BlockSize,

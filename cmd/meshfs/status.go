@@ -12,12 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/meshfs/meshfs/actors"
 	"github.com/meshfs/meshfs/mesh/blocknet"
-	"github.com/meshfs/meshfs/mesh/meta"
-	"github.com/meshfs/meshfs/mesh/natsd"
 	"github.com/meshfs/meshfs/persist"
 )
 
@@ -73,48 +69,23 @@ type statusReport struct {
 	held map[persist.BlockID]*actors.BlockCopies // blocks on live nodes
 }
 
-// lostBlocks counts the blocks files refer to that no live node holds. The
-// nodes' inventories alone cannot show them: a block whose every copy is on
-// a dead node is in no live inventory. So status reads the block maps, as
-// the collector does.
-type lostBlocks struct {
-	secret clusterSecret
-	nc     *nats.Conn
-	store  *meta.Store
-}
-
-// referenced returns every block a file refers to.
-func (l *lostBlocks) referenced(ctx context.Context, info blocknet.ClusterInfo) (map[persist.BlockID]bool, error) {
+// referenced returns every block a file refers to, for counting the blocks
+// that no live node holds. The nodes' inventories alone cannot show those:
+// a block whose every copy is on a dead node is in no live inventory.
+func referenced(ctx context.Context, refs *metaRefs) (map[persist.BlockID]bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if l.store == nil {
-		urls, err := metaURLs(info.Members)
-		if err != nil {
-			return nil, err
-		}
-		if l.nc, err = natsd.Connect(ctx, urls, l.secret.NATSToken(), "meshfs status"); err != nil {
-			return nil, err
-		}
-		if l.store, err = openMeta(ctx, l.nc, info.BlockSize); err != nil {
-			l.Close()
-			return nil, err
-		}
-	}
-	refs := map[persist.BlockID]bool{}
-	err := l.store.ReferencedBlocks(ctx, func(id persist.BlockID) error {
-		refs[id] = true
+	out := map[persist.BlockID]bool{}
+	err := refs.ReferencedBlocks(ctx, func(id persist.BlockID) error {
+		out[id] = true
 		return nil
 	})
-	if err != nil {
-		l.Close() // reconnect next time
-		return nil, err
-	}
-	return refs, nil
+	return out, err
 }
 
-// count sets the report's lost blocks: those referenced, read before the
-// inventories, that no live node holds.
-func (l *lostBlocks) count(rep *statusReport, refs map[persist.BlockID]bool, err error) {
+// countLost sets the report's lost blocks: those referenced (read before
+// the inventories) that no live node holds.
+func countLost(rep *statusReport, refs map[persist.BlockID]bool, err error) {
 	if err != nil {
 		rep.LostError = fmt.Sprintf("could not read the block maps: %v", err)
 		return
@@ -124,16 +95,6 @@ func (l *lostBlocks) count(rep *statusReport, refs map[persist.BlockID]bool, err
 			rep.LostBlocks++
 		}
 	}
-}
-
-func (l *lostBlocks) Close() {
-	if l.store != nil {
-		l.store.Close()
-	}
-	if l.nc != nil {
-		l.nc.Close()
-	}
-	l.store, l.nc = nil, nil
 }
 
 type statusCollect struct {
@@ -189,14 +150,14 @@ func runStatus(args []string) error {
 		return err
 	}
 	defer view.Close()
-	lost := &lostBlocks{secret: secret}
-	defer lost.Close()
+	blockMaps := &metaRefs{members: view.Members, token: secret.NATSToken(), client: "meshfs status", blockSize: view.Info().BlockSize}
+	defer blockMaps.Close()
 	for {
 		// The block maps first: a file written after its inventory
 		// was listed must not count as lost.
-		refs, refsErr := lost.referenced(ctx, view.Info())
+		refs, refsErr := referenced(ctx, blockMaps)
 		rep := gatherStatus(ctx, client, view.Info())
-		lost.count(&rep, refs, refsErr)
+		countLost(&rep, refs, refsErr)
 		switch {
 		case *asJSON:
 			enc := json.NewEncoder(os.Stdout)

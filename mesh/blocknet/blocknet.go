@@ -11,6 +11,7 @@ package blocknet
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 
 	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/persist"
@@ -72,6 +73,9 @@ type ServerConfig struct {
 	// (read-repair): the node should verify and replace its copy soon. It
 	// must not block.
 	Suspect func(id persist.BlockID)
+	// Logger receives the server's warnings and errors; nil means
+	// slog.Default().
+	Logger *slog.Logger
 	// Actors, if set, returns the node's actors' state as JSON for
 	// NodeStats.Actors (the block API does not know their types).
 	Actors func() json.RawMessage

@@ -94,8 +94,11 @@ func newServer(cfg ServerConfig) *server {
 		// Wiring error: fail at startup, not on the first request.
 		panic("blocknet.NewServer: ServerConfig.Store is nil")
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	if len(cfg.Secret) == 0 {
-		slog.Warn("block API has an empty cluster secret: anyone who can reach it can sign requests")
+		cfg.Logger.Warn("block API has an empty cluster secret: anyone who can reach it can sign requests")
 	}
 	return &server{cfg: cfg, now: time.Now, maxBody: maxBlockBody}
 }
@@ -130,7 +133,7 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 // problem and are reported to the caller.
 func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, msg string, err error) {
 	if code >= 500 {
-		slog.Error("block API request failed",
+		s.cfg.Logger.Error("block API request failed",
 			"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
 			"status", code, "err", err)
 	}
@@ -155,7 +158,7 @@ func (s *server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	s.roomMu.Unlock()
 	if !quiet {
-		slog.Warn("refusing new blocks: no room", "err", err, "remote", r.RemoteAddr)
+		s.cfg.Logger.Warn("refusing new blocks: no room", "err", err, "remote", r.RemoteAddr)
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusInsufficientStorage)
@@ -186,12 +189,26 @@ func (s *server) putBlock(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("body of %d bytes exceeds the %d-byte limit", r.ContentLength, s.maxBody), nil)
 		return
 	}
+	// Room is taken before the body is read: a full node is offered every
+	// copy repair wants it to hold, round after round, and should not
+	// receive a block only to refuse it. A body of unknown length may be
+	// as long as the limit.
+	size := r.ContentLength
+	if size < 0 {
+		size = s.maxBody
+	}
+	release, err := s.roomFor(r.Context(), id, size)
+	if err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	defer release()
 	// Store.Put keeps nothing of data once it returns (BlockStore), so the
 	// buffer can take the next PUT.
 	bp := s.buffer()
 	var data []byte
 	defer func() { s.recycle(bp, data) }()
-	data, err := readBody(http.MaxBytesReader(w, r.Body, s.maxBody), r.ContentLength, *bp)
+	data, err = readBody(http.MaxBytesReader(w, r.Body, s.maxBody), r.ContentLength, *bp)
 	if err != nil {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
 			s.fail(w, r, http.StatusRequestEntityTooLarge,
@@ -201,12 +218,6 @@ func (s *server) putBlock(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, "read body: "+err.Error(), nil)
 		return
 	}
-	release, err := s.roomFor(r.Context(), id, len(data))
-	if err != nil {
-		s.refuse(w, r, err)
-		return
-	}
-	defer release()
 	err = s.cfg.Store.Put(r.Context(), id, data)
 	switch {
 	case err == nil:
@@ -389,7 +400,7 @@ func (s *server) listBlocks(w http.ResponseWriter, r *http.Request) {
 	// Lines already went out with 200. Aborting drops the connection before
 	// the terminating chunk, so the client reads an unexpected EOF instead
 	// of mistaking a partial list for the whole store.
-	slog.Error("block API listing failed mid-stream; aborting the response",
+	s.cfg.Logger.Error("block API listing failed mid-stream; aborting the response",
 		"remote", r.RemoteAddr, "lines", n, "err", err)
 	panic(http.ErrAbortHandler)
 }
@@ -442,7 +453,7 @@ func (s *server) space() (total, free uint64, used int64, err error) {
 // node has none; release gives the room back once the block is stored (and
 // counted by the store) or refused. A block the node already holds costs
 // nothing.
-func (s *server) roomFor(ctx context.Context, id persist.BlockID, n int) (release func(), err error) {
+func (s *server) roomFor(ctx context.Context, id persist.BlockID, n int64) (release func(), err error) {
 	release = func() {}
 	if s.cfg.DataDir == "" && s.cfg.Capacity <= 0 {
 		return release, nil
@@ -453,7 +464,7 @@ func (s *server) roomFor(ctx context.Context, id persist.BlockID, n int) (releas
 	s.roomMu.Lock()
 	defer s.roomMu.Unlock()
 	taken := s.incoming
-	if _, used := s.cfg.Store.Stats(); s.cfg.Capacity > 0 && used+taken+int64(n) > s.cfg.Capacity {
+	if _, used := s.cfg.Store.Stats(); s.cfg.Capacity > 0 && used+taken+n > s.cfg.Capacity {
 		return nil, fmt.Errorf("no room for a block of %d bytes: this node's capacity is %d bytes, %d used, %d being stored", n, s.cfg.Capacity, used, taken)
 	}
 	if s.cfg.DataDir != "" {
@@ -465,10 +476,10 @@ func (s *server) roomFor(ctx context.Context, id persist.BlockID, n int) (releas
 			return nil, fmt.Errorf("no room for a block of %d bytes: %d bytes left for blocks on %s, %d of them being stored; the rest is kept free for metadata", n, free, s.cfg.DataDir, taken)
 		}
 	}
-	s.incoming += int64(n)
+	s.incoming += n
 	return func() {
 		s.roomMu.Lock()
-		s.incoming -= int64(n)
+		s.incoming -= n
 		s.roomMu.Unlock()
 	}, nil
 }

@@ -1,7 +1,6 @@
 package meta
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -41,50 +40,47 @@ type indexedChunk struct {
 // so the inode's revision (read before, and checked by the commit or by
 // Blocks) catches that.
 func (t *tx) chunksIn(ino Ino, lo, hi int64) ([]indexedChunk, error) {
-	var out []indexedChunk
 	if hi < lo {
 		return nil, nil
 	}
+	indexes := make([]int64, 0, min(hi-lo+1, chunkListThreshold))
 	if hi-lo < chunkListThreshold {
 		for c := lo; c <= hi; c++ {
-			e, err := t.chunk(ino, c)
-			if err != nil {
-				return nil, err
-			}
-			if e.chunk != nil {
-				out = append(out, indexedChunk{c, e})
-			}
+			indexes = append(indexes, c)
 		}
-		return out, nil
-	}
-	prefix := chunkPrefix(ino)
-	keys, err := t.s.scanFresh(t.ctx, prefix+">")
-	if err != nil {
-		return nil, fmt.Errorf("list block map of %d: %w", ino, err)
-	}
-	for key, v := range keys {
-		c, err := strconv.ParseInt(strings.TrimPrefix(key, prefix), 10, 64)
+	} else {
+		prefix := chunkPrefix(ino)
+		keys, err := t.s.scanFresh(t.ctx, prefix+">")
 		if err != nil {
-			return nil, fmt.Errorf("block-map key %q: %w", key, err)
+			return nil, fmt.Errorf("list block map of %d: %w", ino, err)
 		}
-		if c < lo || c > hi {
-			continue
-		}
-		e, ok := t.ents[key]
-		if !ok {
-			e = &entry{key: key, rev: v.rev, found: true, val: v.val}
-			t.ents[key] = e
-		}
-		if e.chunk == nil && e.found {
-			if err := json.Unmarshal(e.val, &e.chunk); err != nil {
-				return nil, fmt.Errorf("decode %s: %w", key, err)
+		for key, v := range keys {
+			c, err := strconv.ParseInt(strings.TrimPrefix(key, prefix), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("block-map key %q: %w", key, err)
 			}
+			if c < lo || c > hi {
+				continue
+			}
+			// What the listing read becomes what t.chunk finds, unless
+			// the operation read the key already.
+			if _, ok := t.ents[key]; !ok {
+				t.ents[key] = &entry{key: key, rev: v.rev, found: true, val: v.val}
+			}
+			indexes = append(indexes, c)
+		}
+		slices.Sort(indexes)
+	}
+	var out []indexedChunk
+	for _, c := range indexes {
+		e, err := t.chunk(ino, c)
+		if err != nil {
+			return nil, err
 		}
 		if e.chunk != nil {
 			out = append(out, indexedChunk{c, e})
 		}
 	}
-	slices.SortFunc(out, func(a, b indexedChunk) int { return cmp.Compare(a.index, b.index) })
 	return out, nil
 }
 
