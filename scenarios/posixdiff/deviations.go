@@ -2,7 +2,8 @@ package posixdiff
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -29,18 +30,9 @@ func ParseDeviations(list string) ([]string, error) {
 			continue
 		}
 		if _, ok := Deviations[name]; !ok {
-			return nil, fmt.Errorf("unknown deviation %q (known: %s)", name, strings.Join(deviationNames(), ", "))
+			return nil, fmt.Errorf("unknown deviation %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(Deviations)), ", "))
 		}
 		out = append(out, name)
 	}
 	return out, nil
-}
-
-func deviationNames() []string {
-	var names []string
-	for n := range Deviations {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }

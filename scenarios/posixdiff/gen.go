@@ -3,6 +3,7 @@ package posixdiff
 import (
 	"math/rand/v2"
 	"path"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -82,7 +83,7 @@ func NewGenerator(seed uint64, cfg GenConfig) *Generator {
 	}
 	total := 0
 	for k := range numKinds {
-		if weights[k] == 0 || excluded(cfg.Exclude, k) {
+		if weights[k] == 0 || slices.Contains(cfg.Exclude, k) {
 			continue
 		}
 		total += weights[k]
@@ -90,15 +91,6 @@ func NewGenerator(seed uint64, cfg GenConfig) *Generator {
 		g.cum = append(g.cum, total)
 	}
 	return g
-}
-
-func excluded(list []Kind, k Kind) bool {
-	for _, x := range list {
-		if x == k {
-			return true
-		}
-	}
-	return false
 }
 
 // Generate returns the first n operations for seed.

@@ -272,6 +272,23 @@ func TestPlantedDifferenceIsFoundAndMinimised(t *testing.T) {
 	}
 }
 
+// TestVanishedTreeIsAnError removes the tree under test in the middle of a
+// run, as a mount that dies takes it away: the run ends with an error
+// saying so, not with a mismatch to minimise.
+func TestVanishedTreeIsAnError(t *testing.T) {
+	r := localRunner(t)
+	n := 0
+	r.tamper = func(Op, string) {
+		if n++; n == 20 {
+			os.RemoveAll(r.cfg.Under.Dir)
+		}
+	}
+	mm, err := r.Run(context.Background(), Generate(5, 500, GenConfig{BlockSize: 4096}), 50)
+	if mm != nil || err == nil || !strings.Contains(err.Error(), "directory is gone") {
+		t.Fatalf("Run = %v, %v; want an error saying the directory is gone", mm, err)
+	}
+}
+
 func TestParseDeviations(t *testing.T) {
 	got, err := ParseDeviations(" times-past-2262,,rmdir-open ")
 	if err != nil || !reflect.DeepEqual(got, []string{"times-past-2262", "rmdir-open"}) {

@@ -40,8 +40,7 @@ func errnoOf(err error) syscall.Errno {
 
 // Equal reports whether r and o describe the same behaviour.
 func (r Result) Equal(o Result) bool {
-	return r.Errno == o.Errno && r.Value == o.Value && bytes.Equal(r.Data, o.Data) &&
-		strings.Join(r.Times, ";") == strings.Join(o.Times, ";")
+	return Differ(r, o) == ""
 }
 
 // String renders the result for a report.

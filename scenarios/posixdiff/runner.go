@@ -1,6 +1,7 @@
 package posixdiff
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tree names a directory a Runner makes its runs in.
@@ -25,9 +28,6 @@ type Config struct {
 	// Slots is the number of handle slots; it must match the GenConfig
 	// the operations were made with. Default 6.
 	Slots int
-	// CheckEvery is how many operations pass between full-tree
-	// comparisons (there is always one at the end); 0 means only at the end.
-	CheckEvery int
 	// Tolerate names Deviations not to check, so a run goes past known
 	// ones.
 	Tolerate []string
@@ -111,7 +111,7 @@ func (m *Mismatch) String() string {
 	switch m.Where {
 	case AtTree:
 		s := fmt.Sprintf("after op %d (%s), the trees differ: %s differs in %s:\n    %s: %s\n    %s: %s",
-			m.Index, m.Op, m.Tree.Path, m.Tree.Field, m.Names[0], cmp(m.Tree.A, "(missing)"), m.Names[1], cmp(m.Tree.B, "(missing)"))
+			m.Index, m.Op, m.Tree.Path, m.Tree.Field, m.Names[0], cmp.Or(m.Tree.A, "(missing)"), m.Names[1], cmp.Or(m.Tree.B, "(missing)"))
 		if m.Tree.Data != "" {
 			s += "\n    content: " + m.Tree.Data
 		}
@@ -131,7 +131,8 @@ func (m *Mismatch) String() string {
 // result, the whole trees every checkEvery operations (0: only at the end,
 // where they are compared with the handles still open, then after closing
 // them). It returns the first mismatch, or nil; an error means the run
-// could not be made (a directory, the context), not a difference.
+// could not be made (a directory, a mount that died, the context), not a
+// difference.
 func (r *Runner) Run(ctx context.Context, ops []Op, checkEvery int) (*Mismatch, error) {
 	return r.run(ctx, ops, func(i int) bool { return checkEvery > 0 && (i+1)%checkEvery == 0 })
 }
@@ -171,11 +172,11 @@ func (r *Runner) run(ctx context.Context, ops []Op, check func(i int) bool) (*Mi
 			r.tamper(op, ref.Root())
 		}
 		if !a.Equal(b) {
-			return &Mismatch{Index: i, Where: AtOp, Op: op, Under: a, Reference: b, Names: names}, nil
+			return r.found(&Mismatch{Index: i, Where: AtOp, Op: op, Under: a, Reference: b, Names: names})
 		}
 		if check(i) {
 			if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
-				return &Mismatch{Index: i, Where: AtTree, Op: op, Tree: d, Names: names}, nil
+				return r.found(&Mismatch{Index: i, Where: AtTree, Op: op, Tree: d, Names: names})
 			}
 		}
 		if (i+1)%2000 == 0 {
@@ -189,18 +190,32 @@ func (r *Runner) run(ctx context.Context, ops []Op, check func(i int) bool) (*Mi
 		lastOp = ops[last]
 	}
 	if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
-		return &Mismatch{Index: last, Where: AtTree, Op: lastOp, Tree: d, Names: names}, nil
+		return r.found(&Mismatch{Index: last, Where: AtTree, Op: lastOp, Tree: d, Names: names})
 	}
 	ca, cb := under.CloseAll(), ref.CloseAll()
 	for slot := range ca {
 		if !ca[slot].Equal(cb[slot]) {
-			return &Mismatch{Index: last, Where: AtClose, Op: Op{Kind: KindClose, Slot: slot}, Under: ca[slot], Reference: cb[slot], Names: names}, nil
+			return r.found(&Mismatch{Index: last, Where: AtClose, Op: Op{Kind: KindClose, Slot: slot}, Under: ca[slot], Reference: cb[slot], Names: names})
 		}
 	}
 	if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
-		return &Mismatch{Index: last, Where: AtTree, Op: lastOp, Tree: d, Names: names}, nil
+		return r.found(&Mismatch{Index: last, Where: AtTree, Op: lastOp, Tree: d, Names: names})
 	}
 	return nil, nil
+}
+
+// found returns m as the run's outcome, unless a tree's directory is gone:
+// a mount that died answers ENOTCONN (or, unmounted, ENOENT) to every call,
+// which is no difference between the file systems but the end of the run.
+// It asks with statfs, which the kernel never answers from its caches.
+func (r *Runner) found(m *Mismatch) (*Mismatch, error) {
+	for _, t := range []Tree{r.cfg.Under, r.cfg.Reference} {
+		var st unix.Statfs_t
+		if err := unix.Statfs(t.Dir, &st); err != nil {
+			return nil, fmt.Errorf("posixdiff: the %s directory is gone after op %d (%w): did its mount die?", t.Name, m.Index, err)
+		}
+	}
+	return m, nil
 }
 
 func (r *Runner) makeSide(t Tree, name string) (*Side, error) {

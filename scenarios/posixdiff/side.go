@@ -106,7 +106,7 @@ func (s *Side) Apply(op Op) Result {
 	case KindSeek:
 		return s.seek(op)
 	case KindFtruncate:
-		w := s.watchSlot(fmt.Sprintf("h%d", op.Slot), op.Slot)
+		w := s.watchSlot(op.Slot)
 		err := retry(func() error { return unix.Ftruncate(s.fd(op.Slot), op.Off) })
 		r := Result{Errno: errnoOf(err)}
 		if err == nil && w.preErr == nil && w.pre.Size != op.Off {
@@ -134,7 +134,8 @@ func (s *Side) Apply(op Op) Result {
 	case KindReadFile:
 		return s.readFile(op.Path)
 	case KindReaddir:
-		return s.readdir(op.Path)
+		names, err := listDir(s.abs(op.Path))
+		return valueResult(err, "entries=%s", strings.Join(names, " "))
 	case KindRmtree:
 		removed, err := removeTree(s.abs(op.Path))
 		return Result{Errno: errnoOf(err), Value: fmt.Sprintf("removed=%d", removed)}
@@ -142,9 +143,13 @@ func (s *Side) Apply(op Op) Result {
 		return s.rename(op)
 	case KindLink:
 		return s.link(op)
-	case KindUnlink:
-		w := s.watchPath(parentLabel(op.Path), parentOf(op.Path), true)
-		err := retry(func() error { return unix.Unlink(s.abs(op.Path)) })
+	case KindUnlink, KindRmdir:
+		remove := unix.Unlink
+		if op.Kind == KindRmdir {
+			remove = unix.Rmdir
+		}
+		w := s.watchParent(op.Path)
+		err := retry(func() error { return remove(s.abs(op.Path)) })
 		r := Result{Errno: errnoOf(err)}
 		if err == nil {
 			w.updated(&r, "mc")
@@ -152,14 +157,6 @@ func (s *Side) Apply(op Op) Result {
 		return r
 	case KindMkdir, KindSymlink:
 		return s.mknod(op)
-	case KindRmdir:
-		w := s.watchPath(parentLabel(op.Path), parentOf(op.Path), true)
-		err := retry(func() error { return unix.Rmdir(s.abs(op.Path)) })
-		r := Result{Errno: errnoOf(err)}
-		if err == nil {
-			w.updated(&r, "mc")
-		}
-		return r
 	case KindReadlink:
 		buf := make([]byte, 4096)
 		var n int
@@ -173,9 +170,10 @@ func (s *Side) Apply(op Op) Result {
 	case KindGetxattr:
 		return s.getxattr(op)
 	case KindListxattr:
-		return s.listxattr(op.Path)
+		names, err := userXattrs(s.abs(op.Path))
+		return valueResult(err, "names=%s", strings.Join(names, ","))
 	case KindFsetxattr:
-		w := s.watchSlot(fmt.Sprintf("h%d", op.Slot), op.Slot)
+		w := s.watchSlot(op.Slot)
 		err := retry(func() error {
 			return unix.Fsetxattr(s.fd(op.Slot), op.Name, payload(op.Seed, op.Len), op.Flags)
 		})
@@ -250,17 +248,6 @@ func parentOf(p string) string {
 	return d
 }
 
-func parentLabel(p string) string {
-	return "dir(" + cmp(parentOf(p), ".") + ")"
-}
-
-func cmp(s, ifEmpty string) string {
-	if s == "" {
-		return ifEmpty
-	}
-	return s
-}
-
 func (s *Side) open(op Op) Result {
 	var prev Result
 	if fd := s.fd(op.Slot); fd >= 0 {
@@ -274,7 +261,7 @@ func (s *Side) open(op Op) Result {
 	var pre, link unix.Stat_t
 	existed := unix.Stat(s.abs(op.Path), &pre) == nil
 	named := unix.Lstat(s.abs(op.Path), &link) == nil
-	w := s.watchPath(parentLabel(op.Path), parentOf(op.Path), true)
+	w := s.watchParent(op.Path)
 	var fd int
 	err := retry(func() (err error) { fd, err = unix.Open(s.abs(op.Path), op.Flags|unix.O_CLOEXEC, op.Mode); return err })
 	r := Result{Errno: errnoOf(err)}
@@ -297,8 +284,9 @@ func (s *Side) open(op Op) Result {
 		return r
 	}
 	r.Value += statString(&st)
-	file := s.watchSlot(fmt.Sprintf("h%d", op.Slot), op.Slot)
-	file.t0 = w.t0
+	// The new handle's object as the open left it; its times are checked
+	// against the start of the call.
+	file := &watch{s: s, label: slotLabel(op.Slot), slot: op.Slot, pre: st, t0: w.t0}
 	switch {
 	case !existed && op.Flags&unix.O_CREAT != 0:
 		// open(2): a file it creates gets all three times set, and its
@@ -316,7 +304,7 @@ func (s *Side) open(op Op) Result {
 }
 
 func (s *Side) write(op Op) Result {
-	w := s.watchSlot(fmt.Sprintf("h%d", op.Slot), op.Slot)
+	w := s.watchSlot(op.Slot)
 	data := payload(op.Seed, op.Len)
 	var n int
 	err := retry(func() (err error) {
@@ -340,7 +328,7 @@ func (s *Side) write(op Op) Result {
 }
 
 func (s *Side) read(op Op) Result {
-	w := s.watchSlot(fmt.Sprintf("h%d", op.Slot), op.Slot)
+	w := s.watchSlot(op.Slot)
 	buf := make([]byte, max(op.Len, 0))
 	var n int
 	err := retry(func() (err error) {
@@ -426,14 +414,6 @@ func removeTree(p string) (int, error) {
 	return removed + 1, nil
 }
 
-func (s *Side) readdir(p string) Result {
-	names, err := listDir(s.abs(p))
-	if err != nil {
-		return Result{Errno: errnoOf(err)}
-	}
-	return Result{Value: "entries=" + strings.Join(names, " ")}
-}
-
 // listDir returns a directory's entries as "name(type)" sorted by name,
 // from getdents64 itself. "." and ".." are left out: POSIX lets a file
 // system return them or not ("If entries for dot or dot-dot exist…"), and
@@ -497,8 +477,8 @@ func (s *Side) rename(op Op) Result {
 	var src, dst unix.Stat_t
 	srcOK := unix.Lstat(s.abs(op.Path), &src) == nil
 	dstOK := unix.Lstat(s.abs(op.Path2), &dst) == nil
-	from := s.watchPath(parentLabel(op.Path), parentOf(op.Path), true)
-	to := s.watchPath(parentLabel(op.Path2), parentOf(op.Path2), true)
+	from := s.watchParent(op.Path)
+	to := s.watchParent(op.Path2)
 	moved := s.watchPath(op.Path, op.Path, false)
 	err := retry(func() error {
 		return unix.Renameat2(unix.AT_FDCWD, s.abs(op.Path), unix.AT_FDCWD, s.abs(op.Path2), uint(op.Flags))
@@ -521,7 +501,7 @@ func (s *Side) rename(op Op) Result {
 
 func (s *Side) link(op Op) Result {
 	file := s.watchPath(op.Path, op.Path, false)
-	dir := s.watchPath(parentLabel(op.Path2), parentOf(op.Path2), true)
+	dir := s.watchParent(op.Path2)
 	err := retry(func() error { return unix.Link(s.abs(op.Path), s.abs(op.Path2)) })
 	r := Result{Errno: errnoOf(err)}
 	if err != nil {
@@ -542,7 +522,7 @@ func (s *Side) link(op Op) Result {
 // mknod is mkdir and symlink: a new name whose times are all set and whose
 // directory's mtime and ctime are marked for update.
 func (s *Side) mknod(op Op) Result {
-	dir := s.watchPath(parentLabel(op.Path), parentOf(op.Path), true)
+	dir := s.watchParent(op.Path)
 	var err error
 	if op.Kind == KindMkdir {
 		err = retry(func() error { return unix.Mkdir(s.abs(op.Path), op.Mode) })
@@ -554,8 +534,7 @@ func (s *Side) mknod(op Op) Result {
 		return r
 	}
 	dir.updated(&r, "mc")
-	made := s.watchPath(op.Path, op.Path, false)
-	made.t0 = dir.t0
+	made := &watch{s: s, label: op.Path, path: op.Path, slot: -1, t0: dir.t0}
 	made.updated(&r, "mc")
 	var st unix.Stat_t
 	if err := unix.Lstat(s.abs(op.Path), &st); err == nil {
@@ -666,14 +645,6 @@ func getxattrSized(get func(dest []byte) (int, error), bufSize int) Result {
 		return Result{Errno: errnoOf(err), Value: fmt.Sprintf("reading %d bytes", size)}
 	}
 	return Result{Value: fmt.Sprintf("size=%d n=%d", size, n), Data: buf[:n]}
-}
-
-func (s *Side) listxattr(p string) Result {
-	names, err := userXattrs(s.abs(p))
-	if err != nil {
-		return Result{Errno: errnoOf(err)}
-	}
-	return Result{Value: "names=" + strings.Join(names, ",")}
 }
 
 // userXattrs lists a path's extended attributes in the user and trusted

@@ -1,6 +1,7 @@
 package posixdiff
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 	"time"
@@ -35,11 +36,19 @@ func (s *Side) watchPath(label, p string, follow bool) *watch {
 	return w
 }
 
-func (s *Side) watchSlot(label string, slot int) *watch {
-	w := &watch{s: s, label: label, slot: slot}
+// watchParent watches the directory holding p, labelled "dir(D)".
+func (s *Side) watchParent(p string) *watch {
+	return s.watchPath("dir("+cmp.Or(parentOf(p), ".")+")", parentOf(p), true)
+}
+
+func (s *Side) watchSlot(slot int) *watch {
+	w := &watch{s: s, label: slotLabel(slot), slot: slot}
 	w.start()
 	return w
 }
+
+// slotLabel names a handle slot in reports: "h3".
+func slotLabel(slot int) string { return fmt.Sprintf("h%d", slot) }
 
 // start records the object before the call, and the time the call starts.
 // On a side settling the current kind of call, it first waits until the

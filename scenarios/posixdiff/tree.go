@@ -137,14 +137,6 @@ type TreeDiff struct {
 	Data  string // for differing contents, where they first differ
 }
 
-func (d *TreeDiff) String() string {
-	s := fmt.Sprintf("%s differs in %s:\n    %s\n    %s", d.Path, d.Field, cmp(d.A, "(missing)"), cmp(d.B, "(missing)"))
-	if d.Data != "" {
-		s += "\n    content: " + d.Data
-	}
-	return s
-}
-
 // DiffSnapshots returns the first difference between a and b in path
 // order, or nil if they are the same.
 func DiffSnapshots(a, b []Entry) *TreeDiff {

@@ -17,6 +17,10 @@
 //     end) through that second mount, -readdirs times per client; several
 //     clients read it at once.
 //
+// The mesh is a 'meshfs up' this program starts in -work (-nodes nodes,
+// the metadata in min(nodes, 3) replicas, all current before it measures)
+// and stops at the end; the second meshfs mount is a 'meshfs mount' of it.
+//
 // Each fs=… line gives the rates; the last line gives meshfs/passthrough
 // ratios of them (below 1: meshfs is slower).
 package main
@@ -25,7 +29,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,20 +38,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
-)
 
-type upState struct {
-	Mount      string `json:"mount"`
-	SecretFile string `json:"secret_file"`
-	Nodes      []struct {
-		Name string `json:"name"`
-		HTTP string `json:"http"`
-	} `json:"nodes"`
-}
+	"github.com/meshfs/meshfs/scenarios/benchutil"
+)
 
 type config struct {
 	files, clients, readdirs int
@@ -64,21 +59,21 @@ type figures struct {
 }
 
 func main() {
-	upDir := flag.String("up", "", "directory of a running 'meshfs up' (reads DIR/up.json); required")
-	bin := flag.String("meshfs", "", "meshfs binary, for 'meshfs status' and 'meshfs mount'; required")
+	bin := flag.String("meshfs", "", "meshfs binary, for 'meshfs up', 'meshfs status' and 'meshfs mount'; required")
 	loopback := flag.String("loopback", "", "the loopback (go-fuse passthrough) binary of scenarios/cmd/loopback; required")
-	work := flag.String("work", "", "directory for mount points, the passthrough's local directory and logs (default: a new temporary directory)")
+	work := flag.String("work", "", "directory for the mesh, mount points, the passthrough's local directory and logs (default: a new temporary directory)")
+	nodes := flag.Int("nodes", 3, "nodes of the mesh")
 	files := flag.Int("files", 10000, "files created per phase, and entries in the readdir directory")
 	clients := flag.Int("clients", 4, "clients of the concurrent phases")
 	readdirs := flag.Int("readdirs", 2, "whole-directory reads per client")
 	flag.Parse()
-	if *upDir == "" || *bin == "" || *loopback == "" || *files < 1 || *clients < 1 || *readdirs < 1 {
+	if *bin == "" || *loopback == "" || *nodes < 1 || *files < 1 || *clients < 1 || *readdirs < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *upDir, *bin, *loopback, *work, config{files: *files, clients: *clients, readdirs: *readdirs}); err != nil {
+	if err := run(ctx, *bin, *loopback, *work, *nodes, config{files: *files, clients: *clients, readdirs: *readdirs}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-meta:", err)
 		os.Exit(1)
 	}
@@ -88,24 +83,22 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench-meta: "+format+"\n", args...)
 }
 
-func run(ctx context.Context, upDir, bin, loopback, work string, cfg config) error {
-	var st upState
-	b, err := os.ReadFile(filepath.Join(upDir, "up.json"))
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("up.json: %w", err)
-	}
+func run(ctx context.Context, bin, loopback, work string, nodes int, cfg config) (err error) {
 	if work == "" {
 		if work, err = os.MkdirTemp("", "bench-meta."); err != nil {
 			return err
 		}
 		defer os.RemoveAll(work)
 	}
-	if err := waitMetadata(ctx, bin, upDir, min(len(st.Nodes), 3)); err != nil {
+	m, err := benchutil.Up(ctx, bin, filepath.Join(work, "mesh"), nodes, logf)
+	if err != nil {
 		return err
 	}
+	defer func() {
+		if serr := m.Stop(); serr != nil && err == nil {
+			err = fmt.Errorf("stopping the mesh: %w", serr)
+		}
+	}()
 
 	// The passthrough first: it is quick, and leaves the machine as it was.
 	local := filepath.Join(work, "local")
@@ -113,12 +106,12 @@ func run(ctx context.Context, upDir, bin, loopback, work string, cfg config) err
 		return err
 	}
 	pa, pb := filepath.Join(work, "passthrough-a"), filepath.Join(work, "passthrough-b")
-	unmountA, err := startMount(ctx, loopback, pa, "ready", local, pa)
+	unmountA, err := startLoopback(ctx, loopback, local, pa)
 	if err != nil {
 		return err
 	}
 	pass, err := measure(ctx, "passthrough", filepath.Join(pa, "metabench"), func() (string, func() error, error) {
-		u, err := startMount(ctx, loopback, pb, "ready", local, pb)
+		u, err := startLoopback(ctx, loopback, local, pb)
 		return filepath.Join(pb, "metabench"), u, err
 	}, cfg)
 	if uerr := unmountA(); err == nil {
@@ -128,13 +121,14 @@ func run(ctx context.Context, upDir, bin, loopback, work string, cfg config) err
 		return err
 	}
 
-	mb := filepath.Join(work, "meshfs-b")
-	mesh, err := measure(ctx, "meshfs", filepath.Join(st.Mount, "metabench"), func() (string, func() error, error) {
-		args := []string{mb, "--secret-file", st.SecretFile}
-		for _, n := range st.Nodes {
-			args = append(args, "--join", n.HTTP)
+	mesh, err := measure(ctx, "meshfs", filepath.Join(m.Mount(), "metabench"), func() (string, func() error, error) {
+		mb := filepath.Join(work, "meshfs-b")
+		if err := os.Mkdir(mb, 0o755); err != nil {
+			return "", nil, err
 		}
-		u, err := startMount(ctx, bin, mb, "meshfs mounted at", append([]string{"mount"}, args...)...)
+		mctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		u, err := m.MountAgain(mctx, mb)
 		return filepath.Join(mb, "metabench"), u, err
 	}, cfg)
 	if err != nil {
@@ -152,10 +146,10 @@ func run(ctx context.Context, upDir, bin, loopback, work string, cfg config) err
 	}
 	line := fmt.Sprintf("bench=meta files=%d", cfg.files)
 	for i := range mesh {
-		m, p := mesh[i], pass[i]
+		mf, pf := mesh[i], pass[i]
 		line += fmt.Sprintf(" create_ratio_%d=%s stat_ratio_%d=%s readdir_ratio_%d=%s",
-			m.clients, ratio(m.createsPerS, p.createsPerS), m.clients, ratio(m.statsPerS, p.statsPerS),
-			m.clients, ratio(m.readdirEntries, p.readdirEntries))
+			mf.clients, ratio(mf.createsPerS, pf.createsPerS), mf.clients, ratio(mf.statsPerS, pf.statsPerS),
+			mf.clients, ratio(mf.readdirEntries, pf.readdirEntries))
 	}
 	fmt.Println(line)
 	return nil
@@ -326,58 +320,14 @@ func readdir(dir string) (int, error) {
 	return len(names), err
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// waitMetadata waits until 'meshfs status' shows the metadata bucket with
-// want replicas, all of them current.
-func waitMetadata(ctx context.Context, bin, upDir string, want int) error {
-	deadline := time.Now().Add(3 * time.Minute)
-	var last string
-	for {
-		out, err := exec.CommandContext(ctx, bin, "status", "--up", upDir, "--json").Output()
-		var rep struct {
-			Metadata struct {
-				Replicas int    `json:"replicas"`
-				Current  int    `json:"current"`
-				Leader   string `json:"leader"`
-			} `json:"metadata"`
-		}
-		if err == nil && json.Unmarshal(out, &rep) == nil {
-			m := rep.Metadata
-			if m.Replicas == want && m.Current == want && m.Leader != "" {
-				logf("metadata: %d replicas, %d current, leader %s", m.Replicas, m.Current, m.Leader)
-				return nil
-			}
-			last = fmt.Sprintf("replicas=%d current=%d leader=%q", m.Replicas, m.Current, m.Leader)
-		} else {
-			last = fmt.Sprint(err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("metadata not at %d current replicas within 3 minutes (last: %s)", want, last)
-		}
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
-			return err
-		}
-	}
-}
-
-// startMount runs bin args (a program that mounts at mnt and unmounts on
-// SIGTERM), waits for a line starting with readyPrefix on its stdout, and
-// returns a function that stops it and waits for it to end.
-func startMount(ctx context.Context, bin, mnt, readyPrefix string, args ...string) (func() error, error) {
+// startLoopback runs 'loopback DIR MNT' (which mounts DIR at mnt, says
+// "ready", and unmounts on SIGTERM), waits until it is mounted, and returns
+// a function that stops it and waits for it to end.
+func startLoopback(ctx context.Context, bin, dir, mnt string) (func() error, error) {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, dir, mnt)
 	logPath := mnt + ".log"
 	lf, err := os.Create(logPath)
 	if err != nil {
@@ -401,7 +351,7 @@ func startMount(ctx context.Context, bin, mnt, readyPrefix string, args ...strin
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), readyPrefix) {
+			if sc.Text() == "ready" {
 				close(ready)
 				break
 			}
@@ -414,14 +364,14 @@ func startMount(ctx context.Context, bin, mnt, readyPrefix string, args ...strin
 		case err := <-done:
 			done <- err
 			if err != nil {
-				return fmt.Errorf("%s %s: %v (log %s)", filepath.Base(bin), mnt, err, logPath)
+				return fmt.Errorf("loopback %s: %v (log %s)", mnt, err, logPath)
 			}
 			return nil
 		case <-time.After(45 * time.Second):
 			cmd.Process.Kill()
 			<-done
 			syscall.Unmount(mnt, syscall.MNT_DETACH)
-			return fmt.Errorf("%s %s did not stop within 45s of SIGTERM; killed", filepath.Base(bin), mnt)
+			return fmt.Errorf("loopback %s did not stop within 45s of SIGTERM; killed", mnt)
 		}
 	}
 	select {
@@ -430,10 +380,10 @@ func startMount(ctx context.Context, bin, mnt, readyPrefix string, args ...strin
 	case err := <-done:
 		done <- err
 		b, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("%s %s exited (%v): %s", filepath.Base(bin), mnt, err, bytes.TrimSpace(b))
+		return nil, fmt.Errorf("loopback %s exited (%v): %s", mnt, err, bytes.TrimSpace(b))
 	case <-time.After(60 * time.Second):
 		stop()
-		return nil, fmt.Errorf("%s %s not mounted within 60s", filepath.Base(bin), mnt)
+		return nil, fmt.Errorf("loopback %s not mounted within 60s", mnt)
 	case <-ctx.Done():
 		stop()
 		return nil, ctx.Err()

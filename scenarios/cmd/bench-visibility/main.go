@@ -1,8 +1,10 @@
 // Command bench-visibility measures how long a change made through one
 // meshfs mount takes to show through another mount of the same mesh.
 //
-// The writer is the mount of 'meshfs up' (the -up directory). The observer
-// is a second 'meshfs mount' this program starts, twice: first with the
+// The writer is the mount of a 'meshfs up' this program starts in -work
+// (-nodes nodes, the metadata in min(nodes, 3) replicas, all current before
+// it measures) and stops at the end. The observer is a second 'meshfs
+// mount' of it, started twice: first with the
 // default flags (--invalidate=true, a 10 s cache timeout: freshness comes
 // from the change feed), then as the baseline with --invalidate=false
 // --cache-timeout 1s (freshness from a fixed 1 s kernel cache timeout alone).
@@ -31,19 +33,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -52,16 +50,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-)
 
-type upState struct {
-	Mount      string `json:"mount"`
-	SecretFile string `json:"secret_file"`
-	Nodes      []struct {
-		Name string `json:"name"`
-		HTTP string `json:"http"`
-	} `json:"nodes"`
-}
+	"github.com/meshfs/meshfs/scenarios/benchutil"
+)
 
 type kind int
 
@@ -93,9 +84,9 @@ type config struct {
 }
 
 func main() {
-	upDir := flag.String("up", "", "directory of a running 'meshfs up' (reads DIR/up.json); required")
-	bin := flag.String("meshfs", "", "meshfs binary, for 'meshfs status' and 'meshfs mount'; required")
-	work := flag.String("work", "", "directory for the observer's mount points and logs (default: a new temporary directory)")
+	bin := flag.String("meshfs", "", "meshfs binary, for 'meshfs up', 'meshfs status' and 'meshfs mount'; required")
+	work := flag.String("work", "", "directory for the mesh, the observer's mount points and logs (default: a new temporary directory)")
+	nodes := flag.Int("nodes", 3, "nodes of the mesh")
 	changes := flag.Int("changes", 1000, "changes measured with the default observer (--invalidate=true)")
 	baseChanges := flag.Int("baseline-changes", 1000, "changes measured with the baseline observer (--invalidate=false --cache-timeout 1s); 0 skips it")
 	parallel := flag.Int("parallel", 8, "slots changing files at once (each slot its own files, one change at a time)")
@@ -104,13 +95,13 @@ func main() {
 	timeout := flag.Duration("timeout", 30*time.Second, "give up on a change not seen after this long (counted as missed)")
 	samplesTo := flag.String("samples", "", "also write every change (observer, kind, slot, ms since the observer was mounted, delay ms, seen) to this file")
 	flag.Parse()
-	if *upDir == "" || *bin == "" || *changes < 1 || *parallel < 1 || *baseChanges < 0 {
+	if *bin == "" || *nodes < 1 || *changes < 1 || *parallel < 1 || *baseChanges < 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *upDir, *bin, *work, *baseChanges, config{
+	if err := run(ctx, *bin, *work, *nodes, *baseChanges, config{
 		changes: *changes, parallel: *parallel, gap: *gap, poll: *poll, timeout: *timeout, samples: *samplesTo,
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-visibility:", err)
@@ -118,32 +109,34 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, upDir, bin, work string, baseChanges int, cfg config) error {
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench-visibility: "+format+"\n", args...)
+}
+
+func run(ctx context.Context, bin, work string, nodes, baseChanges int, cfg config) (err error) {
 	syscall.Umask(0) // modes are exactly what the benchmark sets
-	var st upState
-	b, err := os.ReadFile(filepath.Join(upDir, "up.json"))
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("up.json: %w", err)
-	}
 	if work == "" {
 		if work, err = os.MkdirTemp("", "bench-visibility."); err != nil {
 			return err
 		}
 		defer os.RemoveAll(work)
 	}
-	if err := waitMetadata(ctx, bin, upDir, min(len(st.Nodes), 3)); err != nil {
+	mesh, err := benchutil.Up(ctx, bin, filepath.Join(work, "mesh"), nodes, logf)
+	if err != nil {
 		return err
 	}
+	defer func() {
+		if serr := mesh.Stop(); serr != nil && err == nil {
+			err = fmt.Errorf("stopping the mesh: %w", serr)
+		}
+	}()
 
 	// measure mounts an observer with mountFlags and measures changes
 	// through it. With probe, it first waits until the observer's change
 	// feed delivers invalidations, and returns how long after the mount
 	// that was.
 	measure := func(name string, changes int, probe bool, mountFlags ...string) ([]sample, time.Duration, error) {
-		wdir := filepath.Join(st.Mount, "visibility-"+name)
+		wdir := filepath.Join(mesh.Mount(), "visibility-"+name)
 		if err := os.Mkdir(wdir, 0o755); err != nil {
 			return nil, 0, err
 		}
@@ -151,14 +144,16 @@ func run(ctx context.Context, upDir, bin, work string, baseChanges int, cfg conf
 		if err := os.Mkdir(mnt, 0o755); err != nil {
 			return nil, 0, err
 		}
-		unmount, err := mountAgain(ctx, bin, st, mnt, mountFlags...)
+		mctx, cancel := context.WithTimeout(ctx, time.Minute)
+		unmount, err := mesh.MountAgain(mctx, mnt, mountFlags...)
+		cancel()
 		if err != nil {
 			return nil, 0, err
 		}
 		mountedAt := time.Now()
 		defer func() {
 			if uerr := unmount(); uerr != nil {
-				fmt.Fprintln(os.Stderr, "bench-visibility:", uerr)
+				logf("%v", uerr)
 			}
 		}()
 		odir := filepath.Join(mnt, filepath.Base(wdir))
@@ -167,14 +162,14 @@ func run(ctx context.Context, upDir, bin, work string, baseChanges int, cfg conf
 			if ready, err = probeFeed(ctx, wdir, odir, mountedAt); err != nil {
 				return nil, 0, err
 			}
-			fmt.Fprintf(os.Stderr, "bench-visibility: %s: the observer's feed invalidated a change made %.0f ms after it was mounted\n", name, ms64(ready))
+			logf("%s: the observer's feed invalidated a change made %.0f ms after it was mounted", name, ms64(ready))
 		}
 		c := cfg
 		c.changes = changes
-		fmt.Fprintf(os.Stderr, "bench-visibility: %s: %d changes, observer 'meshfs mount %s'\n", name, changes, strings.Join(mountFlags, " "))
+		logf("%s: %d changes, observer 'meshfs mount %s'", name, changes, strings.Join(mountFlags, " "))
 		start := time.Now()
 		s, err := measureMode(ctx, wdir, odir, mountedAt, c)
-		fmt.Fprintf(os.Stderr, "bench-visibility: %s: done in %.0fs\n", name, time.Since(start).Seconds())
+		logf("%s: done in %.0fs", name, time.Since(start).Seconds())
 		return s, ready, err
 	}
 
@@ -219,7 +214,7 @@ func run(ctx context.Context, upDir, bin, work string, baseChanges int, cfg conf
 			top = append(top, fmt.Sprintf("%s %sms", kindNames[s.kind], ms(s.delay)))
 		}
 		if len(top) > 0 {
-			fmt.Fprintf(os.Stderr, "bench-visibility: %s: slowest: %s\n", m.name, strings.Join(top, ", "))
+			logf("%s: slowest: %s", m.name, strings.Join(top, ", "))
 		}
 	}
 	if cfg.samples != "" {
@@ -297,7 +292,7 @@ func measureMode(ctx context.Context, wdir, odir string, mountedAt time.Time, cf
 				if t >= int64(cfg.changes) {
 					return
 				}
-				if err := sleep(ctx, time.Duration(rng.Int64N(int64(cfg.gap)+1))); err != nil {
+				if err := benchutil.Sleep(ctx, time.Duration(rng.Int64N(int64(cfg.gap)+1))); err != nil {
 					return
 				}
 				k := kind(t % int64(nKinds))
@@ -319,10 +314,10 @@ func measureMode(ctx context.Context, wdir, odir string, mountedAt time.Time, cf
 				n := len(samples)
 				mu.Unlock()
 				if !ok {
-					fmt.Fprintf(os.Stderr, "bench-visibility: %s of %s not seen after %v\n", kindNames[k], s.name, cfg.timeout)
+					logf("%s of %s not seen after %v", kindNames[k], s.name, cfg.timeout)
 				}
 				if n%100 == 0 {
-					fmt.Fprintf(os.Stderr, "bench-visibility: %d/%d changes\n", n, cfg.changes)
+					logf("%d/%d changes", n, cfg.changes)
 				}
 			}
 		}()
@@ -429,6 +424,13 @@ func (s *slot) observe(ctx context.Context, k kind, odir, old string, t0 time.Ti
 			return now.Sub(t0), true, nil
 		}
 		if now.Sub(t0) > cfg.timeout {
+			// Missed, unless the observer's mount is gone (a dead one
+			// answers ENOTCONN; an unmounted one has no odir). Statfs
+			// is never answered from the kernel's caches.
+			var fs syscall.Statfs_t
+			if err := syscall.Statfs(odir, &fs); err != nil {
+				return 0, false, fmt.Errorf("the observer's mount is gone: %w", err)
+			}
 			return now.Sub(t0), false, nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -491,8 +493,9 @@ func ms64(d time.Duration) float64 { return float64(d) / float64(time.Millisecon
 // misses other mounts' changes.
 func probeFeed(ctx context.Context, wdir, odir string, mountedAt time.Time) (time.Duration, error) {
 	const probeWait = 200 * time.Millisecond
+	deadline := mountedAt.Add(time.Minute)
 	for i := 0; ; i++ {
-		if time.Since(mountedAt) > time.Minute {
+		if time.Now().After(deadline) {
 			return 0, errors.New("the observer's change feed did not invalidate a change within a minute of its mount")
 		}
 		name := fmt.Sprintf("probe-%d", i)
@@ -500,8 +503,11 @@ func probeFeed(ctx context.Context, wdir, odir string, mountedAt time.Time) (tim
 			return 0, err
 		}
 		var st syscall.Stat_t
-		for syscall.Lstat(filepath.Join(odir, name), &st) != nil {
-			if err := sleep(ctx, time.Millisecond); err != nil {
+		for err := syscall.Lstat(filepath.Join(odir, name), &st); err != nil; err = syscall.Lstat(filepath.Join(odir, name), &st) {
+			if time.Now().After(deadline) {
+				return 0, fmt.Errorf("the observer does not show %s a minute after its mount: %w", name, err)
+			}
+			if err := benchutil.Sleep(ctx, time.Millisecond); err != nil {
 				return 0, err
 			}
 		}
@@ -513,125 +519,9 @@ func probeFeed(ctx context.Context, wdir, odir string, mountedAt time.Time) (tim
 			if syscall.Lstat(filepath.Join(odir, name), &st) == nil && st.Mode&0o7777 == 0o600 {
 				return at, nil
 			}
-			if err := sleep(ctx, 500*time.Microsecond); err != nil {
+			if err := benchutil.Sleep(ctx, 500*time.Microsecond); err != nil {
 				return 0, err
 			}
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// waitMetadata waits until 'meshfs status' shows the metadata bucket with
-// want replicas, all of them current.
-func waitMetadata(ctx context.Context, bin, upDir string, want int) error {
-	deadline := time.Now().Add(3 * time.Minute)
-	var last string
-	for {
-		out, err := exec.CommandContext(ctx, bin, "status", "--up", upDir, "--json").Output()
-		var rep struct {
-			Metadata struct {
-				Replicas int    `json:"replicas"`
-				Current  int    `json:"current"`
-				Leader   string `json:"leader"`
-			} `json:"metadata"`
-		}
-		if err == nil && json.Unmarshal(out, &rep) == nil {
-			m := rep.Metadata
-			if m.Replicas == want && m.Current == want && m.Leader != "" {
-				fmt.Fprintf(os.Stderr, "bench-visibility: metadata: %d replicas, %d current, leader %s\n", m.Replicas, m.Current, m.Leader)
-				return nil
-			}
-			last = fmt.Sprintf("replicas=%d current=%d leader=%q", m.Replicas, m.Current, m.Leader)
-		} else {
-			last = fmt.Sprint(err)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("metadata not at %d current replicas within 3 minutes (last: %s)", want, last)
-		}
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
-			return err
-		}
-	}
-}
-
-// mountAgain mounts the mesh at mnt with 'meshfs mount', waits until it is
-// mounted, and returns a function that unmounts it and waits for the
-// process to end.
-func mountAgain(ctx context.Context, bin string, st upState, mnt string, extra ...string) (func() error, error) {
-	args := []string{"mount", mnt, "--secret-file", st.SecretFile}
-	for _, n := range st.Nodes {
-		args = append(args, "--join", n.HTTP)
-	}
-	args = append(args, extra...)
-	cmd := exec.Command(bin, args...)
-	logPath := mnt + ".log"
-	lf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = lf
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		lf.Close()
-		return nil, err
-	}
-	// Should this program die, the mount goes too (it unmounts on SIGTERM).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); lf.Close() }()
-	mounted := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "meshfs mounted at") {
-				close(mounted)
-				break
-			}
-		}
-		io.Copy(io.Discard, out)
-	}()
-	unmount := func() error {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-done:
-			done <- err
-			if err != nil {
-				return fmt.Errorf("meshfs mount %s: %v (log %s)", mnt, err, logPath)
-			}
-			return nil
-		case <-time.After(45 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			syscall.Unmount(mnt, syscall.MNT_DETACH)
-			return fmt.Errorf("meshfs mount %s did not stop within 45s of SIGTERM; killed", mnt)
-		}
-	}
-	select {
-	case <-mounted:
-		return unmount, nil
-	case err := <-done:
-		done <- err
-		b, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("meshfs mount exited (%v): %s", err, bytes.TrimSpace(b))
-	case <-time.After(60 * time.Second):
-		unmount()
-		return nil, errors.New("meshfs mount not mounted within 60s")
-	case <-ctx.Done():
-		unmount()
-		return nil, ctx.Err()
 	}
 }
