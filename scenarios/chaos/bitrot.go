@@ -35,11 +35,11 @@ var Bitrot = Scenario{
 }
 
 func runBitrot(ctx context.Context, e *Env) error {
-	if err := e.Up(ctx, "--scrub-period", "10s"); err != nil {
-		return err
-	}
 	if bitrotNodes > e.Nodes {
 		return fmt.Errorf("--rot-nodes %d: the mesh has %d nodes", bitrotNodes, e.Nodes)
+	}
+	if err := e.Up(ctx, "--scrub-period", "10s"); err != nil {
+		return err
 	}
 	if err := e.WriteDataSet(ctx); err != nil {
 		return err
@@ -98,16 +98,14 @@ func runBitrot(ctx context.Context, e *Env) error {
 	e.Note("found_by_scrub", st.Scrub.ByPass)
 	e.Note("repaired", st.Scrub.Repaired)
 	if found {
+		heal := time.Since(rotEnd).Seconds()
 		e.mu.Lock()
-		e.result.Heal = time.Since(rotEnd).Seconds()
-		e.healed = true
+		e.result.Heal = heal
 		e.mu.Unlock()
+		e.Logf("%d rotten copies found (%d by scrub passes, %d reported by readers) and %d repaired %.1fs after the rot",
+			st.Scrub.Corrupt, st.Scrub.ByPass, st.Scrub.Corrupt-st.Scrub.ByPass, st.Scrub.Repaired, heal)
 	} else {
 		e.Fail("%v after the rot, %d of %d rotten copies found and %d repaired", e.HealTimeout, st.Scrub.Corrupt, total, st.Scrub.Repaired)
-	}
-	if found {
-		e.Logf("%d rotten copies found (%d by scrub passes, %d reported by readers) and %d repaired %.1fs after the rot",
-			st.Scrub.Corrupt, st.Scrub.ByPass, st.Scrub.Corrupt-st.Scrub.ByPass, st.Scrub.Repaired, time.Since(rotEnd).Seconds())
 	}
 	if st.Scrub.Corrupt > int64(total) {
 		e.Logf("note: %d corrupt copies counted for %d rotted", st.Scrub.Corrupt, total)

@@ -3,6 +3,9 @@ package chaos
 import (
 	"bytes"
 	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,27 +58,15 @@ func TestDataSetSizes(t *testing.T) {
 		}
 	}
 	// Seeded: the same seed gives the same data set, another seed another.
-	if a, b := DataSetSizes(7, 16<<20, bs), DataSetSizes(7, 16<<20, bs); !slicesEqual(a, b) {
+	if a, b := DataSetSizes(7, 16<<20, bs), DataSetSizes(7, 16<<20, bs); !slices.Equal(a, b) {
 		t.Error("the same seed gave two data sets")
 	}
-	if a, b := DataSetSizes(7, 16<<20, bs), DataSetSizes(8, 16<<20, bs); slicesEqual(a, b) {
+	if a, b := DataSetSizes(7, 16<<20, bs), DataSetSizes(8, 16<<20, bs); slices.Equal(a, b) {
 		t.Error("two seeds gave the same data set")
 	}
 	if !bytes.Equal(content(7, 3, 1000), content(7, 3, 1000)) || bytes.Equal(content(7, 3, 1000), content(7, 4, 1000)) {
 		t.Error("content is not a function of (seed, stream)")
 	}
-}
-
-func slicesEqual(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestDescribeBlocks(t *testing.T) {
@@ -151,5 +142,20 @@ func TestScenariosListed(t *testing.T) {
 		if Lookup(s.Name) != s {
 			t.Errorf("Lookup(%q) does not find it", s.Name)
 		}
+	}
+}
+
+func TestRefusedCopies(t *testing.T) {
+	log := `time=2026-11-24T16:26:46.154Z level=WARN msg="repair: node has no room for the copies it owns; the blocks keep their copies elsewhere" actor=repair node=node4 refused=3
+time=2026-11-24T16:26:47.174Z level=WARN msg="repair: copy failed" actor=repair block=ab to=node4 err="refused=100"
+time=2026-11-24T16:26:47.174Z level=WARN msg="repair: node has no room for the copies it owns; the blocks keep their copies elsewhere" actor=repair node=node40 refused=7
+time=2026-11-24T16:26:49.188Z level=WARN msg="repair: node has no room for the copies it owns; the blocks keep their copies elsewhere" actor=repair node=node4 refused=8
+`
+	path := filepath.Join(t.TempDir(), "node.log")
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n := refusedCopies(path, "node4"); n != 11 {
+		t.Errorf("refusedCopies(node4) = %d, want 3+8", n)
 	}
 }

@@ -30,15 +30,18 @@ func (e *Env) cleanup() {
 	if e.Dir == "" {
 		return
 	}
+	// The scenario may still be running (it ignored an interrupt), so
+	// e.mesh is read under its lock.
+	var pids []int
+	e.meshMu.Lock()
 	if e.mesh != nil {
-		e.meshMu.Lock()
-		pids := e.mesh.PIDs()
-		e.meshMu.Unlock()
-		for _, pid := range pids {
-			if harness.Alive(pid) && ownedBy(pid, e.Dir) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				e.Fail("cleanup: pid %d (%s) was still running; killed it", pid, cmdline(pid))
-			}
+		pids = e.mesh.PIDs()
+	}
+	e.meshMu.Unlock()
+	for _, pid := range pids {
+		if cmd := cmdline(pid); harness.Alive(pid) && ownedBy(cmd, e.Dir) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			e.Fail("cleanup: pid %d (%s) was still running; killed it", pid, cmd)
 		}
 	}
 	for _, mnt := range mountsUnder(e.Dir) {
@@ -113,11 +116,11 @@ func detach(mnt string) error {
 	return nil
 }
 
-// ownedBy reports whether process pid was started for the run in dir: its
-// command line names a path there. A pid the run knew of may have been
-// reused by an unrelated process since.
-func ownedBy(pid int, dir string) bool {
-	return strings.Contains(cmdline(pid), dir+string(filepath.Separator))
+// ownedBy reports whether a process with command line cmd was started
+// for the run in dir: cmd names a path there. A pid the run knew of may
+// have been reused by an unrelated process since.
+func ownedBy(cmd, dir string) bool {
+	return strings.Contains(cmd, dir+string(filepath.Separator))
 }
 
 func cmdline(pid int) string {

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -25,20 +24,17 @@ type File struct {
 	Blocks []persist.BlockID
 }
 
-// FileSet is the files a scenario knows. Safe for concurrent use.
+// FileSet is the files a scenario knows. Safe for concurrent use; the
+// zero value is empty.
 type FileSet struct {
 	mu    sync.Mutex
 	files []File
-	bytes int64
 }
-
-func newFileSet() *FileSet { return &FileSet{} }
 
 // Add records f.
 func (s *FileSet) Add(f File) {
 	s.mu.Lock()
 	s.files = append(s.files, f)
-	s.bytes += f.Size
 	s.mu.Unlock()
 }
 
@@ -53,7 +49,10 @@ func (s *FileSet) All() []File {
 func (s *FileSet) Len() (files int, bytes int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.files), s.bytes
+	for _, f := range s.files {
+		bytes += f.Size
+	}
+	return len(s.files), bytes
 }
 
 // Pick returns a random file, or false when there is none.
@@ -148,34 +147,13 @@ func (e *Env) WriteDataSet(ctx context.Context) error {
 		}
 		rel := filepath.Join("data", fmt.Sprintf("d%d", i%4), fmt.Sprintf("f%04d", i))
 		data := content(e.Seed, uint64(i), n)
-		if err := writeFile(filepath.Join(e.Mount(), rel), data); err != nil {
+		err := writeSynced(filepath.Join(e.Mount(), rel), data, func() { e.Files.Add(describe(rel, data, bs)) })
+		if err != nil {
 			return fmt.Errorf("write the data set: %w", err)
 		}
-		e.Files.Add(describe(rel, data, bs))
 		total += n
 	}
 	blocks := len(e.Files.Blocks())
 	e.Logf("data set: %d files, %s in %d blocks, written in %.1fs", len(sizes), formatBytes(total), blocks, time.Since(t).Seconds())
 	return nil
-}
-
-// writeFile creates path (and its directory) with data and fsyncs it; it
-// returns nil only once fsync and close both succeeded.
-func writeFile(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", path, err)
-	}
-	return f.Close()
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,42 +45,40 @@ func runDiskFull(ctx context.Context, e *Env) error {
 	if e.Nodes < 4 {
 		return fmt.Errorf("disk-full needs R+1 = 4 nodes or more: with one full, writes still need R with room")
 	}
+	how := diskFullHow
+	if how != "auto" && how != "tmpfs" && how != "capacity" {
+		return fmt.Errorf("--how %q: want tmpfs, capacity or auto", how)
+	}
 	k := e.Nodes - 1
 	data := filepath.Join(e.MeshDir(), fmt.Sprintf("node%d", k+1))
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
-	how := diskFullHow
-	if how != "auto" && how != "tmpfs" && how != "capacity" {
-		return fmt.Errorf("--how %q: want tmpfs, capacity or auto", how)
-	}
-	err = nil
 	if how != "capacity" {
-		err = syscall.Mount("tmpfs", data, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", disk))
+		err := syscall.Mount("tmpfs", data, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", disk))
+		switch {
+		case err == nil:
+			how = "tmpfs"
+			e.Defer("unmount the tmpfs at "+data, func() error {
+				// Keep the node's log beside the others (for --keep and
+				// the failure report).
+				if b, err := os.ReadFile(filepath.Join(data, "node.log")); err == nil {
+					os.WriteFile(filepath.Join(e.Dir, fmt.Sprintf("node%d.log", k+1)), b, 0o600)
+				}
+				return detach(data)
+			})
+		case errors.Is(err, syscall.EPERM) && how == "auto":
+			how = "capacity"
+			e.Logf("cannot mount a tmpfs (%v): limiting node%d with --capacity instead", err, k+1)
+		default:
+			return fmt.Errorf("mount a tmpfs at %s: %w", data, err)
+		}
 	}
-	switch {
-	case how == "capacity":
-	case err == nil:
-		how = "tmpfs"
-		e.Defer("unmount the tmpfs at "+data, func() error {
-			// Keep the node's log beside the others (for --keep and the
-			// failure report).
-			if b, err := os.ReadFile(filepath.Join(data, "node.log")); err == nil {
-				os.WriteFile(filepath.Join(e.Dir, fmt.Sprintf("node%d.log", k+1)), b, 0o600)
-			}
-			return detach(data)
-		})
-	case errors.Is(err, syscall.EPERM) && how == "auto":
-		how = "capacity"
-		e.Logf("cannot mount a tmpfs (%v): limiting node%d with --capacity instead", err, k+1)
-	default:
-		return fmt.Errorf("mount a tmpfs at %s: %w", data, err)
-	}
+	diskNote := "tmpfs:" + formatBytes(disk)
 	if how == "capacity" {
-		e.Note("disk", "capacity:"+formatBytes(disk-reserve))
-	} else {
-		e.Note("disk", "tmpfs:"+formatBytes(disk))
+		diskNote = "capacity:" + formatBytes(disk-reserve)
 	}
+	e.Note("disk", diskNote)
 	// The default reserve (2% of the file system, at least 64 MiB) would
 	// leave no room at all on a small one.
 	if err := e.Up(ctx, "--disk-reserve", fmt.Sprint(reserve)); err != nil {
@@ -102,7 +102,7 @@ func runDiskFull(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	e.Logf("%s holds %d blocks of the data set (%s)", small.Name, len(onSmall), e.note("disk"))
+	e.Logf("%s holds %d blocks of the data set (%s)", small.Name, len(onSmall), diskNote)
 
 	// Fill: write until the small node has no room for a block.
 	start := time.Now()
@@ -154,17 +154,19 @@ func runDiskFull(ctx context.Context, e *Env) error {
 	if writeErrors > errorsAtFull {
 		e.Logf("%d writes failed after %s was full", writeErrors-errorsAtFull, small.Name)
 	}
-	refusals := countInFile(small.Log, "status=507")
+	// A full node logs its refusals at most once a minute, and the repair
+	// actors the copies it refused once per round and node.
+	refusals := countInFile(small.Log, "refusing new blocks: no room")
 	e.Note("refusals_logged", refusals)
-	e.Logf("%s's log shows %d requests refused with 507", small.Name, refusals)
-	var failed int
+	e.Logf("%s's log shows %d warnings that it refuses new blocks (at most one a minute)", small.Name, refusals)
+	var refused int
 	for i := range e.NumNodes() {
 		if i != k {
-			failed += countInFile(e.Node(i).Log, "repair: copy failed")
+			refused += refusedCopies(e.Node(i).Log, small.Name)
 		}
 	}
-	e.Note("repair_copies_refused", failed)
-	e.Logf("the other nodes' repair actors logged %d copies to %s that failed", failed, small.Name)
+	e.Note("repair_copies_refused", refused)
+	e.Logf("the other nodes' repair actors logged %d copies that %s refused for want of room", refused, small.Name)
 
 	// What the full node held before and holds now is unharmed, and it
 	// still runs.
@@ -218,4 +220,17 @@ func (e *Env) listNode(ctx context.Context, i int) (map[persist.BlockID]bool, er
 func countInFile(path, s string) int {
 	b, _ := os.ReadFile(path)
 	return strings.Count(string(b), s)
+}
+
+// refusedCopies sums the copies to node that a repair actor's log at path
+// says were refused for want of room.
+func refusedCopies(path, node string) int {
+	b, _ := os.ReadFile(path)
+	re := regexp.MustCompile(`msg="repair: node has no room[^"]*".* node=` + regexp.QuoteMeta(node) + ` .*refused=(\d+)`)
+	n := 0
+	for _, m := range re.FindAllSubmatch(b, -1) {
+		c, _ := strconv.Atoi(string(m[1]))
+		n += c
+	}
+	return n
 }

@@ -42,8 +42,7 @@ type Env struct {
 	client *blocknet.Client
 
 	mu     sync.Mutex
-	result Result
-	healed bool
+	result Result // result.Heal < 0 until the heal is recorded
 	// healGaveUp: WaitHealed failed the run; Finish does not wait again.
 	healGaveUp bool
 	undo       []undo
@@ -61,7 +60,7 @@ type undo struct {
 // (Ctrl-C) stops the scenario, cleans up and fails the result.
 func Run(ctx context.Context, s *Scenario, cfg Config, logw io.Writer) Result {
 	e := &Env{Config: cfg, Scenario: s, start: time.Now(), logw: logw,
-		Rand: rand.New(rand.NewPCG(cfg.Seed, 0x6368616f73)), Files: newFileSet()}
+		Rand: rand.New(rand.NewPCG(cfg.Seed, 0x6368616f73)), Files: &FileSet{}}
 	e.result = Result{Scenario: s.Name, Seed: cfg.Seed, Nodes: cfg.Nodes, Heal: -1}
 	dir, err := os.MkdirTemp(cfg.TempDir, "meshfs-chaos-"+s.Name+"-")
 	if err != nil {
@@ -155,18 +154,6 @@ func (e *Env) Note(key string, value any) {
 	e.result.Extra = append(e.result.Extra, [2]string{key, v})
 }
 
-// note returns the value of a Note, or "".
-func (e *Env) note(key string) string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, kv := range e.result.Extra {
-		if kv[0] == key {
-			return kv[1]
-		}
-	}
-	return ""
-}
-
 // Defer registers fn to run at cleanup, after the scenario, in reverse
 // order of registration; what names it in a failure.
 func (e *Env) Defer(what string, fn func() error) {
@@ -227,7 +214,9 @@ func FindOrBuildMeshfs(ctx context.Context, dir string) (string, error) {
 // Up starts the mesh: 'meshfs up DIR/mesh --nodes N' with the run's block
 // size and replicas, and nodeFlags (the scenario's) then Config.NodeFlags
 // given to every node after a short repair delay for CI. Nothing in the
-// mesh directory may be mounted over except data dirs made beforehand.
+// mesh directory may be mounted over except data dirs made beforehand. It
+// returns once the metadata has all its replicas, so the chaos never
+// takes its only one.
 func (e *Env) Up(ctx context.Context, nodeFlags ...string) error {
 	args := []string{"--block-size", fmt.Sprint(e.BlockSize)}
 	if e.Replicas > 0 {
@@ -256,7 +245,7 @@ func (e *Env) Up(ctx context.Context, nodeFlags ...string) error {
 	}
 	e.client = c
 	e.Logf("mesh up in %.1fs: %d nodes, R=%d, %s blocks, mounted at %s", time.Since(t).Seconds(), len(m.State.Nodes), m.State.Replicas, formatBytes(int64(m.State.BlockSize)), m.Mount())
-	return nil
+	return e.waitMetadata(ctx)
 }
 
 // MeshDir is the directory of 'meshfs up' (the nodes' data dirs are
@@ -390,28 +379,30 @@ func (e *Env) MountProcess(ctx context.Context, dir string) (pid int, mnt string
 	if err != nil {
 		return 0, "", nil, fmt.Errorf("mount again at %s: %w", dir, err)
 	}
+	down := func() error {
+		err := stop()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL {
+			// Killed (by the scenario): the kernel keeps the dead
+			// mount until it is detached.
+			err = nil
+			if harness.Mounted(dir) {
+				err = detach(dir)
+			}
+		}
+		return err
+	}
 	var once sync.Once
 	var uerr error
 	unmount = func() error {
-		once.Do(func() {
-			uerr = stop()
-			var ee *exec.ExitError
-			if errors.As(uerr, &ee) && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL {
-				// Killed (by the scenario): the kernel keeps the dead
-				// mount until it is detached.
-				uerr = nil
-				if harness.Mounted(dir) {
-					uerr = detach(dir)
-				}
-			}
-		})
+		once.Do(func() { uerr = down() })
 		return uerr
 	}
-	e.Defer("unmount "+dir, func() error {
-		if err := unmount(); err != nil && harness.Alive(pid) {
-			return err
-		}
-		return nil
+	// The error of an unmount the scenario did is the scenario's to
+	// report; that of one left to the cleanup is reported here.
+	e.Defer("unmount "+dir, func() (err error) {
+		once.Do(func() { err = down() })
+		return err
 	})
 	return pid, dir, unmount, nil
 }

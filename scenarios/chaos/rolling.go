@@ -140,17 +140,3 @@ func runRollingRestart(ctx context.Context, e *Env) error {
 	e.Finish(ctx, FinishOptions{Workload: w, HealSince: last})
 	return nil
 }
-
-// waitStatus polls 'meshfs status' until ok holds, for at most within.
-func waitStatus(ctx context.Context, e *Env, within time.Duration, ok func(Status) bool) bool {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if st, err := e.Status(ctx); err == nil && ok(st) {
-			return true
-		}
-		if !Sleep(ctx, 500*time.Millisecond) {
-			return false
-		}
-	}
-	return false
-}

@@ -15,34 +15,28 @@ import (
 	"github.com/meshfs/meshfs/persist"
 )
 
-// Status is the part of 'meshfs status --json' the scenarios read.
+// Status is the part of 'meshfs status --json' the scenarios read. (The
+// tests in scenarios/ read their own copy, meshStatus: cmd/meshfs, which
+// writes it, is a main package.)
 type Status struct {
-	Replication int `json:"replication"`
-	Members     []struct {
-		Name   string `json:"name"`
-		State  string `json:"state"`
-		Blocks int64  `json:"blocks"`
-		Bytes  int64  `json:"bytes"`
-		Error  string `json:"error"`
-	} `json:"members"`
+	Replication           int   `json:"replication"`
 	Blocks                int   `json:"blocks"`
 	Copies                int64 `json:"copies"`
 	UnderReplicatedBlocks int   `json:"under_replicated_blocks"`
-	UnderReplicatedBytes  int64 `json:"under_replicated_bytes"`
 	LostBlocks            int   `json:"lost_blocks"`
 	Repair                struct {
-		CopiedBytes int64 `json:"copied_bytes"`
-		Waiting     int   `json:"waiting"`
+		Waiting int `json:"waiting"`
 	} `json:"repair"`
 	Scrub struct {
 		Corrupt  int64 `json:"corrupt"`
 		ByPass   int64 `json:"found_by_pass"`
 		Repaired int64 `json:"repaired"`
-		Passes   int64 `json:"passes"`
 	} `json:"scrub"`
 	Metadata struct {
 		Replicas int    `json:"replicas"`
+		Current  int    `json:"current"` // replicas up to date
 		Leader   string `json:"leader"`
+		Witness  bool   `json:"witness"` // a witness still votes
 		Error    string `json:"error"`
 	} `json:"metadata"`
 }
@@ -50,17 +44,6 @@ type Status struct {
 // Healthy reports whether status shows every block at R live copies.
 func (s Status) Healthy() bool {
 	return s.UnderReplicatedBlocks == 0 && s.LostBlocks == 0 && s.Copies == int64(s.Replication*s.Blocks)
-}
-
-// State is the state status reports for the member named name ("" if
-// it is not listed).
-func (s Status) State(name string) string {
-	for _, m := range s.Members {
-		if m.Name == name {
-			return m.State
-		}
-	}
-	return ""
 }
 
 func (s Status) String() string {
@@ -89,16 +72,56 @@ func (e *Env) Status(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
+// waitStatus polls 'meshfs status' until ok holds, for at most within.
+func waitStatus(ctx context.Context, e *Env, within time.Duration, ok func(Status) bool) bool {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if st, err := e.Status(ctx); err == nil && ok(st) {
+			return true
+		}
+		if !Sleep(ctx, 500*time.Millisecond) {
+			return false
+		}
+	}
+	return false
+}
+
+// waitMetadata waits until 'meshfs status' shows the metadata bucket at
+// its three replicas, all up to date, with a leader and no witness (with
+// fewer than three nodes: one replica and a leader), for at most a minute.
+// A new mesh starts with one replica and raises it a few seconds after the
+// nodes are ready: a node stopped before then may take the only one.
+func (e *Env) waitMetadata(ctx context.Context) error {
+	want := 1
+	if e.Nodes >= 3 {
+		want = 3
+	}
+	t := time.Now()
+	var last Status
+	ok := waitStatus(ctx, e, time.Minute, func(s Status) bool {
+		last = s
+		md := s.Metadata
+		return md.Leader != "" && md.Replicas >= want && md.Current >= want && (want < 3 || !md.Witness)
+	})
+	if !ok {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("the metadata is not at %d up-to-date replicas a minute after the mesh was up: %+v", want, last.Metadata)
+	}
+	e.Logf("metadata at %d replicas, leader %s, %.1fs after the mesh was up", last.Metadata.Replicas, last.Metadata.Leader, time.Since(t).Seconds())
+	return nil
+}
+
 // Inventory is who holds what, from the live members' own lists.
 type Inventory struct {
-	Members []mesh.Member
 	Holders map[persist.BlockID][]string
 	Sizes   map[persist.BlockID]int
 }
 
-// Union is the inventory of every copy held in inv or in o (o's members).
+// Union is the inventory of every copy held in inv or in o.
 func (inv Inventory) Union(o Inventory) Inventory {
-	u := Inventory{Members: o.Members, Holders: map[persist.BlockID][]string{}, Sizes: map[persist.BlockID]int{}}
+	u := Inventory{Holders: map[persist.BlockID][]string{}, Sizes: map[persist.BlockID]int{}}
 	for _, src := range []Inventory{inv, o} {
 		for id, hs := range src.Holders {
 			for _, h := range hs {
@@ -145,6 +168,7 @@ func (inv Inventory) Copies(want map[persist.BlockID]bool, r int) (blocks, under
 // the blocks it holds.
 func (e *Env) Inventory(ctx context.Context) (Inventory, error) {
 	inv := Inventory{Holders: map[persist.BlockID][]string{}, Sizes: map[persist.BlockID]int{}}
+	var members []mesh.Member
 	var err error
 	for _, i := range e.LiveNodes() {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -154,13 +178,13 @@ func (e *Env) Inventory(ctx context.Context) (Inventory, error) {
 			err = cerr
 			continue
 		}
-		inv.Members = ci.Members
+		members = ci.Members
 		break
 	}
-	if inv.Members == nil {
+	if members == nil {
 		return inv, fmt.Errorf("no live node answered: %v", err)
 	}
-	for _, m := range inv.Members {
+	for _, m := range members {
 		if !m.Live() {
 			continue
 		}
@@ -183,13 +207,13 @@ func (e *Env) Inventory(ctx context.Context) (Inventory, error) {
 	return inv, nil
 }
 
-// NodeActors is the actors' state a node reports in its stats.
+// NodeActors is the actors' state a node reports in its stats (the part
+// the scenarios read).
 type NodeActors struct {
 	Repair actors.RepairStats `json:"repair"`
-	Scrub  actors.ScrubStats  `json:"scrub"`
 }
 
-// Actors returns node i's repair and scrub counters (since it started).
+// Actors returns node i's repair counters (since it started).
 func (e *Env) Actors(ctx context.Context, i int) (NodeActors, error) {
 	var na NodeActors
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

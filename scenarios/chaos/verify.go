@@ -42,9 +42,8 @@ func (e *Env) waitHealed(ctx context.Context, since time.Time, record bool) bool
 		case st.Healthy() && under == 0:
 			took := time.Since(since)
 			e.mu.Lock()
-			first := !e.healed && record
+			first := e.result.Heal < 0 && record
 			if first {
-				e.healed = true
 				e.result.Heal = took.Seconds()
 			}
 			e.mu.Unlock()
@@ -182,7 +181,9 @@ func (e *Env) VerifyFiles(ctx context.Context, dir string) map[string]bool {
 		size int64
 		err  error
 	}
-	results := make(chan outcome)
+	// Room for every outcome: after a timeout or cancel nobody receives,
+	// and the reader must not block.
+	results := make(chan outcome, len(files))
 	t := time.Now()
 	go func() {
 		defer close(results)
