@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshfs/meshfs/scenarios/harness"
 	"github.com/meshfs/meshfs/scenarios/posixdiff"
 )
 
@@ -92,5 +93,69 @@ func TestPosixDiff(t *testing.T) {
 			continue
 		}
 		t.Logf("posixdiff seed=%d ops=%d mismatches=0 elapsed_s=%.1f (local: %s)", tc.seed, tc.ops, time.Since(start).Seconds(), fsType)
+	}
+}
+
+// TestPosixDiffCrash is the CI form of the exerciser's crash mode (the
+// soak form: go run ./scenarios/cmd/posixdiff --crash-every 400 --ops
+// 20000): the same comparison, on a mount of its own that is SIGKILLed and
+// mounted again at random points, while at others a node is SIGKILLed
+// under the running operations and restarted later. After a node's death
+// the trees must still be identical; after the mount's, every file
+// fsync'd (or unchanged since its last fsync) must be identical, and the
+// rest a state a local file system could have left (posixdiff.Crash).
+func TestPosixDiffCrash(t *testing.T) {
+	const blockSize = 16384
+	m := startMesh(t, 3, "--block-size", fmt.Sprint(blockSize))
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	if err := m.WaitMetadata(ctx, 3, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(t.TempDir(), "crash-mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const seed = 3
+	crasher, err := harness.NewCrashPoints(ctx, m, mnt, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := crasher.Close(cctx); err != nil {
+			t.Errorf("after the crash run: %v", err)
+		}
+	})
+	local := t.TempDir()
+	if _, err := posixdiff.CheckLocalDir(local); err != nil {
+		t.Fatal(err)
+	}
+	r, err := posixdiff.NewRunner(posixdiff.Config{
+		Under:      posixdiff.Tree{Name: "meshfs", Dir: mnt},
+		Reference:  posixdiff.Tree{Name: "local", Dir: local},
+		Tolerate:   []string{"rmdir-open", "times-past-2262"},
+		Crasher:    crasher,
+		CrashEvery: 250,
+		CrashSeed:  seed,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ops = 3000
+	start := time.Now()
+	mm, err := r.Run(ctx, posixdiff.Generate(seed, ops, posixdiff.GenConfig{BlockSize: blockSize}), 250)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := r.CrashStats()
+	if mm != nil {
+		t.Fatalf("seed=%d ops=%d crash_every=250: %s\n(%s)", seed, ops, mm, st)
+	}
+	t.Logf("posixdiff crash seed=%d ops=%d mismatches=0 node_kills=%d %s elapsed_s=%.1f",
+		seed, ops, crasher.NodeKills, st, time.Since(start).Seconds())
+	if st.MountLosses == 0 || crasher.NodeKills == 0 || st.ExactFiles == 0 {
+		t.Fatalf("the crash run tested too little: %d node kills, %s", crasher.NodeKills, st)
 	}
 }

@@ -33,6 +33,13 @@ type Config struct {
 	Tolerate []string
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
+	// Crasher, when set, runs the crash mode (see Crash): after about
+	// every CrashEvery operations (default 200), at points drawn from
+	// CrashSeed, it breaks the tree under test, and the runner checks
+	// that no fsync'd byte was lost before going on.
+	Crasher    Crasher
+	CrashEvery int
+	CrashSeed  uint64
 }
 
 // Runner runs sequences on both trees and compares them. Each run works in
@@ -49,7 +56,11 @@ type Runner struct {
 	// settle and settleKind are passed to the Sides (see Side.settle).
 	settle     bool
 	settleKind Kind
+	crashStats CrashStats
 }
+
+// CrashStats says what the crash mode did and checked so far.
+func (r *Runner) CrashStats() CrashStats { return r.crashStats }
 
 // NewRunner checks the trees' directories and returns a Runner.
 func NewRunner(cfg Config) (*Runner, error) {
@@ -99,8 +110,8 @@ type Mismatch struct {
 // where, the operation's kind, and what differs.
 func (m *Mismatch) Signature() string {
 	switch m.Where {
-	case AtTree:
-		return "tree:" + m.Tree.Field
+	case AtTree, AtCrash:
+		return m.Where + ":" + m.Tree.Field
 	case AtClose:
 		return "close:" + Differ(m.Under, m.Reference)
 	}
@@ -109,7 +120,7 @@ func (m *Mismatch) Signature() string {
 
 func (m *Mismatch) String() string {
 	switch m.Where {
-	case AtTree:
+	case AtTree, AtCrash:
 		s := fmt.Sprintf("after op %d (%s), the trees differ: %s differs in %s:\n    %s: %s\n    %s: %s",
 			m.Index, m.Op, m.Tree.Path, m.Tree.Field, m.Names[0], cmp.Or(m.Tree.A, "(missing)"), m.Names[1], cmp.Or(m.Tree.B, "(missing)"))
 		if m.Tree.Data != "" {
@@ -161,18 +172,35 @@ func (r *Runner) run(ctx context.Context, ops []Op, check func(i int) bool) (*Mi
 		}
 	}()
 	names := [2]string{under.Name, ref.Name}
+	var dur *durability
+	var points *crashPoints
+	if r.cfg.Crasher != nil {
+		dur = newDurability()
+		points = newCrashPoints(r.cfg.CrashSeed+uint64(r.runs), cmp.Or(r.cfg.CrashEvery, 200))
+	}
 	start := time.Now()
 	for i, op := range ops {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("posixdiff: stopped after %d of %d operations: %w", i, len(ops), err)
 		}
+		if dur != nil {
+			dur.before(ref, op)
+		}
 		a := under.Apply(op)
 		b := ref.Apply(op)
+		if dur != nil {
+			dur.after(ref, op, b)
+		}
 		if r.tamper != nil {
 			r.tamper(op, ref.Root())
 		}
 		if !a.Equal(b) {
 			return r.found(&Mismatch{Index: i, Where: AtOp, Op: op, Under: a, Reference: b, Names: names})
+		}
+		if points != nil && points.after(i) {
+			if m, err := r.crash(ctx, i, op, under, ref, dur, names); m != nil || err != nil {
+				return m, err
+			}
 		}
 		if check(i) {
 			if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {

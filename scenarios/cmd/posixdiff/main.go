@@ -11,6 +11,16 @@
 //	go run ./scenarios/cmd/posixdiff --soak                # 100,000 ops, 3 seeds
 //	go run ./scenarios/cmd/posixdiff --mount /mnt/meshfs --seed 42 --ops 500
 //	go run ./scenarios/cmd/posixdiff --tolerate rmdir-open,times-past-2262   # look past known deviations
+//	go run ./scenarios/cmd/posixdiff --crash-every 400 --ops 20000           # crash mode: ~50 kills
+//
+// In crash mode (--crash-every N) the tree under test lives on a mount of
+// its own; at random points, N operations apart on average, either that
+// mount's process is SIGKILLed and the mesh mounted again, or a node is
+// SIGKILLed while the next operations run, and restarted at the next point
+// (harness.CrashPoints). After each crash every fsync'd file must be
+// identical and the tree one a local file system could have left
+// (posixdiff.Crash); after a node's death, identical. A mismatch in crash
+// mode is not minimised: it depends on where the crashes fell.
 //
 // Each known deviation (posixdiff.Deviations, listed by -h) switches off one
 // precise comparison; --exclude stops generating whole operations.
@@ -48,6 +58,7 @@ type options struct {
 	exclude                 []posixdiff.Kind
 	tolerate                []string
 	shrinkBudget            time.Duration
+	crashEvery              int
 }
 
 func main() {
@@ -64,10 +75,15 @@ func main() {
 	exclude := flag.String("exclude", "", "comma-separated operations never to generate (open, pwrite, rename, chown, utimens, setxattr, …)")
 	tolerate := flag.String("tolerate", "", "comma-separated known deviations not to check ("+strings.Join(slices.Sorted(maps.Keys(posixdiff.Deviations)), ", ")+")")
 	flag.DurationVar(&o.shrinkBudget, "shrink-budget", 5*time.Minute, "time spent looking for a minimal sequence after a mismatch")
+	flag.IntVar(&o.crashEvery, "crash-every", 0, "crash mode: SIGKILL the mount or a node every this many operations on average (0: off; needs the mesh this command starts, not --mount)")
 	verbose := flag.Bool("v", false, "log progress")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		flag.Usage()
+		os.Exit(2)
+	}
+	if o.crashEvery > 0 && o.mount != "" {
+		fmt.Fprintln(os.Stderr, "posixdiff: --crash-every kills the mesh's processes, so it needs the mesh this command starts: drop --mount")
 		os.Exit(2)
 	}
 	if o.seed == 0 {
@@ -115,13 +131,33 @@ func main() {
 // run runs every seed and returns how many showed a mismatch.
 func run(ctx context.Context, o options, log *slog.Logger) (int, error) {
 	mount := o.mount
+	var crasher *harness.CrashPoints
 	if mount == "" {
 		m, cleanup, err := startMesh(ctx, o, log)
 		if err != nil {
 			return 0, err
 		}
 		defer cleanup()
-		mount = m
+		mount = m.Mount()
+		if o.crashEvery > 0 {
+			if err := m.WaitMetadata(ctx, 3, time.Minute); err != nil {
+				return 0, err
+			}
+			mount = filepath.Join(m.Dir, "crash-mnt")
+			if err := os.Mkdir(mount, 0o755); err != nil {
+				return 0, err
+			}
+			if crasher, err = harness.NewCrashPoints(ctx, m, mount, o.seed); err != nil {
+				return 0, err
+			}
+			defer func() {
+				cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				if err := crasher.Close(cctx); err != nil {
+					fmt.Fprintln(os.Stderr, "posixdiff: after the crash run:", err)
+				}
+			}()
+		}
 	}
 	meshDir := filepath.Join(mount, fmt.Sprintf("posixdiff-%d", os.Getpid()))
 	if err := os.Mkdir(meshDir, 0o755); err != nil {
@@ -150,12 +186,16 @@ func run(ctx context.Context, o options, log *slog.Logger) (int, error) {
 	fmt.Printf("posixdiff: meshfs %s (block size %d), local %s (%s), %d seed(s) from %d, %d ops each, tree compared every %d\n",
 		meshDir, st.Blksize, local, fsType, o.seeds, o.seed, o.ops, o.checkEvery)
 
-	r, err := posixdiff.NewRunner(posixdiff.Config{
+	cfg := posixdiff.Config{
 		Under:     posixdiff.Tree{Name: "meshfs", Dir: meshDir},
 		Reference: posixdiff.Tree{Name: "local", Dir: local},
 		Tolerate:  o.tolerate,
 		Log:       log,
-	})
+	}
+	if crasher != nil {
+		cfg.Crasher, cfg.CrashEvery, cfg.CrashSeed = crasher, o.crashEvery, o.seed
+	}
+	r, err := posixdiff.NewRunner(cfg)
 	if err != nil {
 		return 0, err
 	}
@@ -169,6 +209,11 @@ func run(ctx context.Context, o options, log *slog.Logger) (int, error) {
 			return bad, fmt.Errorf("seed %d: %w", seed, err)
 		}
 		n := 0
+		if mm != nil && crasher != nil {
+			bad++
+			fmt.Printf("posixdiff seed=%d ops=%d crash_every=%d %s\n(%s; a crash-mode mismatch is not minimised)\n", seed, o.ops, o.crashEvery, mm, r.CrashStats())
+			return bad, nil
+		}
 		if mm != nil {
 			n = 1
 			bad++
@@ -180,29 +225,33 @@ func run(ctx context.Context, o options, log *slog.Logger) (int, error) {
 			}
 			fmt.Print(posixdiff.Report(seed, o.ops, mm, shrunk, merr))
 		}
-		fmt.Printf("posixdiff seed=%d ops=%d mismatches=%d elapsed_s=%.1f\n", seed, o.ops, n, time.Since(start).Seconds())
+		crashes := ""
+		if crasher != nil {
+			crashes = fmt.Sprintf(" node_kills=%d mount_kills=%d (all seeds so far: %s)", crasher.NodeKills, crasher.MountKills, r.CrashStats())
+		}
+		fmt.Printf("posixdiff seed=%d ops=%d mismatches=%d elapsed_s=%.1f%s\n", seed, o.ops, n, time.Since(start).Seconds(), crashes)
 	}
 	return bad, nil
 }
 
 // startMesh builds meshfs and runs a 3-node 'meshfs up' in a temporary
 // directory; cleanup stops it and removes the directory.
-func startMesh(ctx context.Context, o options, log *slog.Logger) (string, func(), error) {
+func startMesh(ctx context.Context, o options, log *slog.Logger) (*harness.Mesh, func(), error) {
 	work, err := os.MkdirTemp("", "posixdiff-mesh-")
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	bin := o.meshfsBin
 	if bin == "" {
 		root, err := harness.ModuleRoot()
 		if err != nil {
 			os.RemoveAll(work)
-			return "", nil, fmt.Errorf("building meshfs (run inside the meshfs module, or give --mount or --meshfs): %w", err)
+			return nil, nil, fmt.Errorf("building meshfs (run inside the meshfs module, or give --mount or --meshfs): %w", err)
 		}
 		fmt.Println("posixdiff: building meshfs…")
 		if bin, err = harness.Build(root, work); err != nil {
 			os.RemoveAll(work)
-			return "", nil, err
+			return nil, nil, err
 		}
 	}
 	upCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -211,7 +260,7 @@ func startMesh(ctx context.Context, o options, log *slog.Logger) (string, func()
 	m, err := harness.Up(upCtx, bin, filepath.Join(work, "mesh"), 3, logf, "--block-size", fmt.Sprint(o.blockSize))
 	if err != nil {
 		os.RemoveAll(work)
-		return "", nil, fmt.Errorf("start a mesh: %w", err)
+		return nil, nil, fmt.Errorf("start a mesh: %w", err)
 	}
 	cleanup := func() {
 		if err := m.Stop(); err != nil {
@@ -219,5 +268,5 @@ func startMesh(ctx context.Context, o options, log *slog.Logger) (string, func()
 		}
 		os.RemoveAll(work)
 	}
-	return m.Mount(), cleanup, nil
+	return m, cleanup, nil
 }
