@@ -221,6 +221,11 @@ func (m *FS) unlinked(ctx context.Context, attr meta.Attr) {
 		m.filesMu.Unlock()
 		return
 	}
+	if d := m.dirs[attr.Ino]; d != nil {
+		d.reclaim = true
+		m.filesMu.Unlock()
+		return
+	}
 	m.filesMu.Unlock()
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()

@@ -17,6 +17,8 @@ import (
 
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshfs/meshfs/mesh/meta"
 )
 
 func wantErrno(t *testing.T, what string, err error, want syscall.Errno) {
@@ -54,6 +56,95 @@ func TestMkdirRmdir(t *testing.T) {
 	}
 	_, err = os.Stat(d)
 	wantErrno(t, "stat removed dir", err, syscall.ENOENT)
+}
+
+// TestRmdirOpen: a directory removed while a handle holds it open stays
+// usable through the handle, as on a local file system (fstat shows nlink
+// 0, getdents nothing, xattrs work, nothing can be made in it), and its
+// inode is reclaimed at the last close.
+func TestRmdirOpen(t *testing.T) {
+	t.Parallel()
+	tm := newTestMesh(t)
+	_, a := tm.mount()
+	for _, how := range []string{"rmdir", "rename over"} {
+		t.Run(how, func(t *testing.T) {
+			d := filepath.Join(a, "d-"+strings.ReplaceAll(how, " ", "-"))
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				t.Fatal(err)
+			}
+			ino := st.Ino
+			switch how {
+			case "rmdir":
+				err = unix.Rmdir(d)
+			case "rename over":
+				other := d + "-other"
+				if err := os.Mkdir(other, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				err = unix.Rename(other, d)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Fstat(fd, &st); err != nil || st.Nlink != 0 || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				t.Fatalf("fstat of the removed dir: err %v nlink %d mode %o, want a dir at nlink 0", err, st.Nlink, st.Mode)
+			}
+			// The kernel itself answers getdents on a dead directory
+			// (ENOENT, which libc's readdir turns into the end): as on a
+			// local directory removed while open.
+			buf := make([]byte, 4096)
+			local := filepath.Join(t.TempDir(), "d")
+			if err := os.Mkdir(local, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			lfd, err := unix.Open(local, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(lfd)
+			if err := unix.Rmdir(local); err != nil {
+				t.Fatal(err)
+			}
+			wantN, wantErr := unix.Getdents(lfd, buf)
+			if n, err := unix.Getdents(fd, buf); n != wantN || err != wantErr {
+				t.Fatalf("getdents of the removed dir: %d bytes, err %v; a local one gives %d, %v", n, err, wantN, wantErr)
+			}
+			if err := unix.Fsetxattr(fd, "user.k", []byte("v"), 0); err != nil {
+				t.Fatalf("fsetxattr on the removed dir: %v", err)
+			}
+			if n, err := unix.Fgetxattr(fd, "user.k", buf); err != nil || string(buf[:n]) != "v" {
+				t.Fatalf("fgetxattr on the removed dir: %q, %v", buf[:n], err)
+			}
+			if err := unix.Fsync(fd); err != nil {
+				t.Fatalf("fsync of the removed dir: %v", err)
+			}
+			wantErrno(t, "mkdirat in the removed dir", unix.Mkdirat(fd, "x", 0o755), syscall.ENOENT)
+			if _, err := tm.meta.GetAttr(context.Background(), meta.Ino(ino)); err != nil {
+				t.Fatalf("the removed dir's inode is gone while open: %v", err)
+			}
+			if err := unix.Close(fd); err != nil {
+				t.Fatal(err)
+			}
+			// The release that reclaims comes after close returns.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				_, err := tm.meta.GetAttr(context.Background(), meta.Ino(ino))
+				if errors.Is(err, syscall.ENOENT) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the removed dir's inode %d still there 5s after its last close: %v", ino, err)
+				}
+			}
+		})
+	}
 }
 
 func TestNamespaceErrors(t *testing.T) {

@@ -36,7 +36,7 @@ type Metadata interface {
 	Symlink(ctx context.Context, parent meta.Ino, name, target string, uid, gid uint32) (meta.Attr, error)
 	Link(ctx context.Context, ino, newParent meta.Ino, newName string) (meta.Attr, error)
 	Unlink(ctx context.Context, parent meta.Ino, name string) (meta.Attr, error)
-	Rmdir(ctx context.Context, parent meta.Ino, name string) error
+	Rmdir(ctx context.Context, parent meta.Ino, name string) (meta.Attr, error)
 	Rename(ctx context.Context, oldParent meta.Ino, oldName string, newParent meta.Ino, newName string, flags uint32) (replaced meta.Attr, ok bool, err error)
 	Reclaim(ctx context.Context, ino meta.Ino) error
 	SetAttr(ctx context.Context, ino meta.Ino, in meta.SetAttrIn) (meta.Attr, error)
@@ -148,6 +148,7 @@ type FS struct {
 
 	filesMu sync.Mutex
 	files   map[meta.Ino]*fileState // open regular files, by inode
+	dirs    map[meta.Ino]*openDir   // open directories, by inode
 
 	kernel  kernelInodes // nodes the kernel knows, for invalidations
 	changes atomic.Int64 // change feed events seen
@@ -201,6 +202,7 @@ func Mount(mountpoint string, opts Options) (*FS, error) {
 		buf:        newBudget(opts.WriteBuffer),
 		uploadSem:  make(chan struct{}, opts.Uploads),
 		files:      make(map[meta.Ino]*fileState),
+		dirs:       make(map[meta.Ino]*openDir),
 		kernel:     kernelInodes{m: make(map[meta.Ino]*fs.Inode)},
 	}
 	m.cache = newBlockCache(readCacheBlocks, maxPrefetches)

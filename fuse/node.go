@@ -39,6 +39,7 @@ var (
 	_ = (fs.NodeRmdirer)((*node)(nil))
 	_ = (fs.NodeRenamer)((*node)(nil))
 	_ = (fs.NodeReaddirer)((*node)(nil))
+	_ = (fs.NodeOpendirHandler)((*node)(nil))
 	_ = (fs.NodeSymlinker)((*node)(nil))
 	_ = (fs.NodeReadlinker)((*node)(nil))
 	_ = (fs.NodeLinker)((*node)(nil))
@@ -468,9 +469,11 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	}
 	mctx, cancel := metaCtx(ctx)
 	defer cancel()
-	if err := n.m.meta.Rmdir(mctx, n.ino(), name); err != nil {
+	attr, err := n.m.meta.Rmdir(mctx, n.ino(), name)
+	if err != nil {
 		return n.m.errno("rmdir", err, "parent", n.ino(), "name", name)
 	}
+	n.m.unlinked(ctx, attr)
 	return 0
 }
 

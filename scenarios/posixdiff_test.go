@@ -23,15 +23,15 @@ import (
 //
 //	go run ./scenarios/cmd/posixdiff --seed S --ops N
 //
-// It tolerates the known ways meshfs still departs from the local file
-// system (posixdiff.Deviations: a directory removed while open, times past
-// 2262), so that it guards everything else; MESHFS_POSIXDIFF_TOLERATE takes
-// another comma-separated list of them ("none" for a strict run).
+// It tolerates the one known way meshfs still departs from the local file
+// system (posixdiff.Deviations: times past 2262), so that it guards
+// everything else; MESHFS_POSIXDIFF_TOLERATE takes another comma-separated
+// list of them ("none" for a strict run).
 func TestPosixDiff(t *testing.T) {
 	list := os.Getenv("MESHFS_POSIXDIFF_TOLERATE")
 	switch list {
 	case "":
-		list = "rmdir-open,times-past-2262"
+		list = "times-past-2262"
 	case "none":
 		list = ""
 	}
@@ -135,7 +135,7 @@ func TestPosixDiffCrash(t *testing.T) {
 	r, err := posixdiff.NewRunner(posixdiff.Config{
 		Under:      posixdiff.Tree{Name: "meshfs", Dir: mnt},
 		Reference:  posixdiff.Tree{Name: "local", Dir: local},
-		Tolerate:   []string{"rmdir-open", "times-past-2262"},
+		Tolerate:   []string{"times-past-2262"},
 		Crasher:    crasher,
 		CrashEvery: 250,
 		CrashSeed:  seed,

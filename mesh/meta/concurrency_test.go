@@ -135,7 +135,7 @@ func TestConcurrentRmdirAndCreate(t *testing.T) {
 		d := must[Attr](t)(a.Mkdir(ctx, RootIno, name, 0o755, 0, 0))
 		var wg sync.WaitGroup
 		var rmErr, crErr error
-		wg.Go(func() { rmErr = a.Rmdir(ctx, RootIno, name) })
+		wg.Go(func() { _, rmErr = a.Rmdir(ctx, RootIno, name) })
 		wg.Go(func() { _, crErr = b.Create(ctx, d.Ino, "child", 0o644, 0, 0) })
 		wg.Wait()
 		switch {

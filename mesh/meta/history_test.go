@@ -25,7 +25,8 @@ package meta
 //     for the inode's life. Its nlink is not compared: Lookup reads the name
 //     and then the inode, and a file unlinked between the two reads shows
 //     nlink 0, as stat(2) racing unlink(2) does on Linux.
-//   - GetAttr of a directory (one read) reports its nlink: 2 + subdirectories.
+//   - GetAttr of a directory (one read) reports its nlink: 2 + subdirectories,
+//     or 0 once it is removed (its inode is kept for open handles).
 //   - ReadDir is not atomic by contract (POSIX leaves it unspecified whether
 //     readdir shows entries added or removed while it runs), so it is only
 //     checked at the end, on a quiescent tree: a walk of the whole tree from
@@ -428,7 +429,7 @@ func (w *histWorker) unlink(p histDir, n string) {
 
 func (w *histWorker) rmdir(p histDir, n string) {
 	w.call(hIn{kind: hRmdir, p1: p.tag, n1: n}, func() (hOut, error) {
-		return hOut{}, w.s.Rmdir(w.ctx, p.ino, n)
+		return hOut{}, errOf(w.s.Rmdir(w.ctx, p.ino, n))
 	})
 }
 
@@ -830,7 +831,10 @@ func histStep(s hState, in hIn) (hOut, hState) {
 		return hOut{dir: s[i].dir, tag: s[i].tag}, s
 	case hStat:
 		if !s.isDir(in.p1) {
-			return fail(syscall.ENOENT)
+			// Removed: the inode stays at nlink 0 for handles open on
+			// it (nothing here reclaims it). A tag names a directory a
+			// lookup saw, so it existed.
+			return hOut{tag: in.p1}, s
 		}
 		_, sub := s.children(in.p1)
 		return hOut{tag: in.p1, nlink: 2 + uint32(sub)}, s
@@ -1187,6 +1191,12 @@ func histCheckKeys(t *testing.T, s *Store) {
 			if r.Nlink != 2+subdirs[ino] {
 				bad = append(bad, fmt.Sprintf("root: nlink %d with %d subdirectories", r.Nlink, subdirs[ino]))
 			}
+		case r.isDir() && r.Nlink == 0:
+			// Removed, kept for open handles until reclaimed: no name,
+			// and nothing in it.
+			if names[ino] != 0 || subdirs[ino] != 0 {
+				bad = append(bad, fmt.Sprintf("removed directory %d (uid %d) has %d names and %d subdirectories", ino, r.Uid, names[ino], subdirs[ino]))
+			}
 		case r.isDir():
 			if names[ino] != 1 {
 				bad = append(bad, fmt.Sprintf("directory %d (uid %d) has %d names", ino, r.Uid, names[ino]))
@@ -1250,7 +1260,7 @@ func TestHistoryModel(t *testing.T) {
 		call{0, hIn{kind: hMkdir, n1: "c", tag: 4}, ok, 16, 17},
 		call{0, hIn{kind: hRename, n1: "c", p2: 0, n2: "a"}, hOut{tag: 1}, 18, 19},
 		call{0, lkA, hOut{dir: true, tag: 4}, 20, 21},
-		call{0, hIn{kind: hStat, p1: 1}, hOut{errno: syscall.ENOENT}, 22, 23},
+		call{0, hIn{kind: hStat, p1: 1}, hOut{tag: 1}, 22, 23}, // replaced: kept at nlink 0
 		call{0, hIn{kind: hReaddir}, hOut{list: "a/,b"}, 24, 25},
 	)
 	check("stale read", false,

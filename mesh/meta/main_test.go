@@ -126,3 +126,6 @@ func names(ents []DirEntry) string {
 	}
 	return b.String()
 }
+
+// errOf keeps the error of a call that also returns attributes.
+func errOf(_ Attr, err error) error { return err }

@@ -101,7 +101,7 @@ func TestRenameDirectories(t *testing.T) {
 	deep := must[Attr](t)(s.Mkdir(ctx, d.Ino, "deep", 0o755, 0, 0))
 	_, _, err = s.Rename(ctx, RootIno, "p1", deep.Ino, "p1", 0)
 	wantErrno(t, err, syscall.EINVAL)
-	ok(t, s.Rmdir(ctx, d.Ino, "deep"))
+	ok(t, errOf(s.Rmdir(ctx, d.Ino, "deep")))
 
 	// A failed rename changed nothing.
 	if nlink(p1.Ino) != 3 || nlink(p2.Ino) != 4 {
@@ -116,6 +116,10 @@ func TestRenameDirectories(t *testing.T) {
 	if !replacedOK || replaced.Ino != empty.Ino || replaced.Nlink != 0 {
 		t.Fatalf("replaced = %+v %v", replaced, replacedOK)
 	}
+	if a := must[Attr](t)(s.GetAttr(ctx, empty.Ino)); a.Nlink != 0 {
+		t.Fatalf("replaced dir before reclaim: nlink %d", a.Nlink)
+	}
+	ok(t, s.Reclaim(ctx, empty.Ino))
 	_, err = s.GetAttr(ctx, empty.Ino)
 	wantErrno(t, err, syscall.ENOENT)
 	if got := must[Attr](t)(s.Lookup(ctx, p2.Ino, "empty")); got.Ino != d.Ino {

@@ -289,17 +289,20 @@ func (s *Store) Unlink(ctx context.Context, parent Ino, name string) (Attr, erro
 	return a, nil
 }
 
-// Rmdir removes an empty directory (ENOTEMPTY, ENOTDIR).
-func (s *Store) Rmdir(ctx context.Context, parent Ino, name string) error {
+// Rmdir removes an empty directory (ENOTEMPTY, ENOTDIR) and returns its
+// attributes, at nlink 0: its inode stays, empty, for handles open on it,
+// until the caller Reclaims it (see Unlink).
+func (s *Store) Rmdir(ctx context.Context, parent Ino, name string) (Attr, error) {
 	ctx, cancel, err := s.opCtx(ctx)
 	if err != nil {
-		return err
+		return Attr{}, err
 	}
 	defer cancel()
-	if err := s.rmdir(ctx, parent, name); err != nil {
-		return fmt.Errorf("rmdir %q in %d: %w", name, parent, err)
+	attr, err := s.rmdir(ctx, parent, name)
+	if err != nil {
+		return Attr{}, fmt.Errorf("rmdir %q in %d: %w", name, parent, err)
 	}
-	return nil
+	return attr, nil
 }
 
 // Rename moves oldName in oldParent to newName in newParent in one atomic

@@ -111,7 +111,7 @@ func TestExistsAndMissing(t *testing.T) {
 	wantErrno(t, err, syscall.ENOENT)
 	_, err = s.Unlink(ctx, RootIno, "nope")
 	wantErrno(t, err, syscall.ENOENT)
-	wantErrno(t, s.Rmdir(ctx, RootIno, "nope"), syscall.ENOENT)
+	wantErrno(t, errOf(s.Rmdir(ctx, RootIno, "nope")), syscall.ENOENT)
 	_, _, err = s.Rename(ctx, RootIno, "nope", RootIno, "other", 0)
 	wantErrno(t, err, syscall.ENOENT)
 	_, err = s.SetAttr(ctx, 999999, SetAttrIn{})
@@ -350,12 +350,33 @@ func TestRmdir(t *testing.T) {
 		t.Fatalf("dir with a subdir: nlink %d, want 3", a.Nlink)
 	}
 
-	wantErrno(t, s.Rmdir(ctx, RootIno, "d"), syscall.ENOTEMPTY)
-	wantErrno(t, s.Rmdir(ctx, RootIno, "f"), syscall.ENOTDIR)
+	wantErrno(t, errOf(s.Rmdir(ctx, RootIno, "d")), syscall.ENOTEMPTY)
+	wantErrno(t, errOf(s.Rmdir(ctx, RootIno, "f")), syscall.ENOTDIR)
 	_, err := s.Unlink(ctx, RootIno, "d")
 	wantErrno(t, err, syscall.EISDIR)
 
-	ok(t, s.Rmdir(ctx, d.Ino, "sub"))
+	// The removed directory's inode stays, at nlink 0 and empty, for
+	// handles open on it, and takes no new entries, until it is
+	// reclaimed.
+	gone := must[Attr](t)(s.Rmdir(ctx, d.Ino, "sub"))
+	if gone.Ino != sub.Ino || gone.Nlink != 0 {
+		t.Fatalf("rmdir returned %+v, want inode %d at nlink 0", gone, sub.Ino)
+	}
+	if a := must[Attr](t)(s.GetAttr(ctx, sub.Ino)); a.Nlink != 0 || a.Ctime < sub.Ctime {
+		t.Fatalf("removed dir before reclaim: %+v", a)
+	}
+	if ents := must[[]DirEntry](t)(s.ReadDir(ctx, sub.Ino)); len(ents) != 0 {
+		t.Fatalf("removed dir lists %q", names(ents))
+	}
+	_, err = s.Mkdir(ctx, sub.Ino, "x", 0o755, 0, 0)
+	wantErrno(t, err, syscall.ENOENT)
+	_, err = s.Create(ctx, sub.Ino, "x", 0o644, 0, 0)
+	wantErrno(t, err, syscall.ENOENT)
+	must[Attr](t)(s.Create(ctx, RootIno, "mv", 0o644, 0, 0))
+	_, _, err = s.Rename(ctx, RootIno, "mv", sub.Ino, "mv", 0)
+	wantErrno(t, err, syscall.ENOENT)
+	must[Attr](t)(s.Unlink(ctx, RootIno, "mv"))
+	ok(t, s.Reclaim(ctx, sub.Ino))
 	_, err = s.GetAttr(ctx, sub.Ino)
 	wantErrno(t, err, syscall.ENOENT)
 	if a := must[Attr](t)(s.GetAttr(ctx, d.Ino)); a.Nlink != 2 {
@@ -363,9 +384,9 @@ func TestRmdir(t *testing.T) {
 	}
 	// A file in it also makes it non-empty; removing the file empties it.
 	must[Attr](t)(s.Create(ctx, d.Ino, "x", 0o644, 0, 0))
-	wantErrno(t, s.Rmdir(ctx, RootIno, "d"), syscall.ENOTEMPTY)
+	wantErrno(t, errOf(s.Rmdir(ctx, RootIno, "d")), syscall.ENOTEMPTY)
 	must[Attr](t)(s.Unlink(ctx, d.Ino, "x"))
-	ok(t, s.Rmdir(ctx, RootIno, "d"))
+	ok(t, errOf(s.Rmdir(ctx, RootIno, "d")))
 	if a := must[Attr](t)(s.GetAttr(ctx, RootIno)); a.Nlink != 2 {
 		t.Fatalf("root after rmdir: nlink %d, want 2", a.Nlink)
 	}

@@ -57,8 +57,14 @@ func (s *Store) lookup(ctx context.Context, parent Ino, name string) (Attr, erro
 
 func (s *Store) readDir(ctx context.Context, parent Ino) ([]DirEntry, error) {
 	t := s.newTx(ctx)
-	if _, err := t.needDir(parent); err != nil {
+	// Not needDir: a removed directory kept for its open handles lists
+	// as empty.
+	e, err := t.needInode(parent)
+	if err != nil {
 		return nil, err
+	}
+	if !e.inode.isDir() {
+		return nil, syscall.ENOTDIR
 	}
 	prefix := direntPrefix(parent)
 	keys, err := s.scanFresh(ctx, prefix+">")
@@ -264,16 +270,18 @@ func (s *Store) unlink(ctx context.Context, parent Ino, name string) (Attr, erro
 	return out, err
 }
 
-func (s *Store) rmdir(ctx context.Context, parent Ino, name string) error {
+func (s *Store) rmdir(ctx context.Context, parent Ino, name string) (Attr, error) {
 	if err := checkName(name); err != nil {
-		return err
+		return Attr{}, err
 	}
 	unlock, err := s.locks.lock(ctx, parent)
 	if err != nil {
-		return err
+		return Attr{}, err
 	}
 	defer unlock()
-	return s.run(ctx, func(t *tx) error {
+	var out Attr
+	err = s.run(ctx, func(t *tx) error {
+		out = Attr{}
 		p, err := t.needDir(parent)
 		if err != nil {
 			return err
@@ -304,13 +312,28 @@ func (s *Store) rmdir(ctx context.Context, parent Ino, name string) error {
 			if !empty {
 				return syscall.ENOTEMPTY
 			}
-			t.remove(e)
 		}
+		ts := now()
 		t.remove(d)
 		dropSubdir(p)
-		touchDir(t, p, now())
+		touchDir(t, p, ts)
+		if e.inode != nil { // else the name was dangling: removing it heals that
+			unlinkDir(t, e, ts)
+			out = e.inode.attr()
+		}
 		return nil
 	})
+	return out, err
+}
+
+// unlinkDir takes an empty directory's last link away and keeps its inode,
+// at nlink 0, for the handles still open on it: they can fstat it, list it
+// (empty) and use its xattrs until the last one closes, and the caller
+// then Reclaims it, as an unlinked file's.
+func unlinkDir(t *tx, e *entry, ts int64) {
+	e.inode.Nlink = 0
+	e.inode.Ctime = max(e.inode.Ctime, ts)
+	t.put(e)
 }
 
 func (s *Store) rename(ctx context.Context, oldParent Ino, oldName string, newParent Ino, newName string, flags uint32) (replaced Attr, ok bool, err error) {
@@ -403,11 +426,10 @@ func (s *Store) rename(ctx context.Context, oldParent Ino, oldName string, newPa
 		t.remove(sd)
 		if dd.dent != nil && de != nil && de.inode != nil {
 			if de.inode.isDir() {
-				// An empty directory goes at once, as by Rmdir.
+				// An empty directory is unlinked as by Rmdir.
 				dropSubdir(newP)
+				unlinkDir(t, de, ts)
 				replaced = de.inode.attr()
-				replaced.Nlink, replaced.Ctime = 0, ts
-				t.remove(de)
 			} else {
 				dropLink(t, de, ts)
 				replaced = de.inode.attr()

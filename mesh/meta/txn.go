@@ -143,6 +143,12 @@ func (t *tx) needDir(ino Ino) (*entry, error) {
 	if !e.inode.isDir() {
 		return nil, syscall.ENOTDIR
 	}
+	if e.inode.Nlink == 0 {
+		// Removed, and kept only for the handles still open on it: as
+		// on Linux, nothing can be made in or moved into a dead
+		// directory.
+		return nil, syscall.ENOENT
+	}
 	return e, nil
 }
 

@@ -13,9 +13,6 @@ import (
 // of operation: the operations still run and everything else about them is
 // compared. The names are what --tolerate takes.
 var Deviations = map[string]string{
-	"rmdir-open": "a directory removed while a handle holds it open must stay usable through the handle " +
-		"(fstat: nlink 0, getdents: empty, xattrs work) until the last close; meshfs removes the inode at rmdir " +
-		"and the handle answers ENOENT. Tolerating it skips comparing calls on such handles",
 	"times-past-2262": "utimensat must store a time after 2262-04-11 (ext4 keeps up to 2446); meshfs keeps " +
 		"times as int64 nanoseconds since 1970 and clamps to 1677..2262. " +
 		"Tolerating it skips utimens calls with such a time",

@@ -290,11 +290,11 @@ func TestVanishedTreeIsAnError(t *testing.T) {
 }
 
 func TestParseDeviations(t *testing.T) {
-	got, err := ParseDeviations(" times-past-2262,,rmdir-open ")
-	if err != nil || !reflect.DeepEqual(got, []string{"times-past-2262", "rmdir-open"}) {
+	got, err := ParseDeviations(" times-past-2262,, ")
+	if err != nil || !reflect.DeepEqual(got, []string{"times-past-2262"}) {
 		t.Fatalf("ParseDeviations = %v, %v", got, err)
 	}
-	if _, err := ParseDeviations("rmdir-open,no-such"); err == nil {
+	if _, err := ParseDeviations("times-past-2262,rmdir-open"); err == nil {
 		t.Fatal("ParseDeviations accepted an unknown name")
 	}
 }

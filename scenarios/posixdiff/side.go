@@ -211,16 +211,6 @@ func (s *Side) tolerated(op Op) (bool, string) {
 	if op.Kind == KindUtimens && s.tolerate["times-past-2262"] && (past2262(op.Atime) || past2262(op.Mtime)) {
 		return true, "a time past 2262 (times-past-2262)"
 	}
-	switch op.Kind {
-	case KindFstat, KindFsync, KindFsetxattr, KindFgetxattr, KindSeek, KindPread, KindRead, KindPwrite, KindWrite, KindFtruncate:
-		if !s.tolerate["rmdir-open"] || op.Slot < 0 || op.Slot >= len(s.fds) || !s.dirs[op.Slot] || s.fds[op.Slot] < 0 {
-			return false, ""
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(s.fds[op.Slot], &st); err == unix.ENOENT || (err == nil && st.Nlink == 0) {
-			return true, "handle of a removed directory (rmdir-open)"
-		}
-	}
 	return false, ""
 }
 

@@ -10,7 +10,7 @@
 //	go run ./scenarios/cmd/posixdiff                       # 10,000 ops, one seed
 //	go run ./scenarios/cmd/posixdiff --soak                # 100,000 ops, 3 seeds
 //	go run ./scenarios/cmd/posixdiff --mount /mnt/meshfs --seed 42 --ops 500
-//	go run ./scenarios/cmd/posixdiff --tolerate rmdir-open,times-past-2262   # look past known deviations
+//	go run ./scenarios/cmd/posixdiff --tolerate times-past-2262              # look past a known deviation
 //	go run ./scenarios/cmd/posixdiff --crash-every 400 --ops 20000           # crash mode: ~50 kills
 //
 // In crash mode (--crash-every N) the tree under test lives on a mount of
