@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/meshfs/meshfs/mesh"
@@ -15,12 +16,17 @@ import (
 // up the read for the whole client timeout when other copies exist.
 const maxReadAttempt = 5 * time.Second
 
-// Replicator stores and fetches blocks on the mesh.
+// Replicator stores and fetches blocks on the mesh. It is safe for
+// concurrent use, and routes around slow nodes: a node that is late is
+// hedged (another node is asked as well) and then asked after the others
+// for a while (see hedge.go).
 type Replicator struct {
 	c          *Client
 	members    func() []mesh.Member
 	r          int
 	putTimeout time.Duration // per attempt: a 4 MiB put takes well under a second on a healthy node
+	reads      *readLatency  // when a read is late
+	slow       *slowNodes    // who is late or failing lately
 }
 
 // NewReplicator uses members() for the current membership at each call and
@@ -32,18 +38,26 @@ func NewReplicator(c *Client, members func() []mesh.Member, r int) *Replicator {
 		slog.Warn("replicator: replication factor below 1, using 1", "r", r)
 		r = 1
 	}
-	return &Replicator{c: c, members: members, r: r, putTimeout: 15 * time.Second}
+	return &Replicator{
+		c: c, members: members, r: r, putTimeout: 15 * time.Second,
+		reads: &readLatency{}, slow: newSlowNodes(),
+	}
 }
 
 // majority is the least number of copies a write may settle for.
 func (r *Replicator) majority() int { return r.r/2 + 1 }
 
 // Write stores data (at most one block) on r distinct live nodes, trying the
-// owners in placement order in parallel and moving down the order past nodes
-// that fail or do not answer within the per-attempt deadline. It returns
-// once r nodes hold the block. When every live node was tried, or ctx ended,
-// a majority of r (r/2+1) copies is accepted (repair adds the rest); fewer
-// fail with an error wrapping mesh.ErrNotEnoughNodes (or ctx's error).
+// owners in placement order in parallel (nodes that were slow lately after
+// the others) and moving down the order past nodes that fail or do not
+// answer within the per-attempt deadline. Once a majority of copies is
+// stored, a copy still out after a hedge delay (see writeHedgeDelay) is
+// given to the next node as well, so one slow node does not hold up the
+// write; a copy on a non-owner is moved home by repair. It returns once r
+// nodes hold the block, with every put it started ended. When every live
+// node was tried, or ctx ended, a majority of r (r/2+1) copies is accepted
+// (repair adds the rest); fewer fail with an error wrapping
+// mesh.ErrNotEnoughNodes (or ctx's error).
 func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, error) {
 	id := persist.Sum(data)
 	var live []mesh.Member
@@ -52,65 +66,138 @@ func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, e
 			live = append(live, m)
 		}
 	}
+	live = r.slow.order(live)
 	want := min(r.r, len(live))
 	if len(live) < r.majority() {
 		return persist.BlockID{}, fmt.Errorf("write block %s: %d live nodes, a block needs at least %d of its %d copies: %w",
 			id, len(live), r.majority(), r.r, mesh.ErrNotEnoughNodes)
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// stopPuts ends the puts still out once r copies are stored. ctx is
+	// left alone, so that ctx.Err() below means the caller's deadline.
+	//
+	// A put cut off this way leaves no partial block on its node (checked
+	// in server.go and persist's Store.Put): the server reads the whole
+	// body (Put always sends a Content-Length) into memory before it calls
+	// the store, and answers 400 to a short one without storing; the store
+	// then refuses a context already canceled, and checks the body's hash
+	// against the id (ErrHashMismatch) before writing. So the node ends
+	// with a whole, verified copy (one more than r, which repair drops once
+	// every owner has one) or none.
+	putCtx, stopPuts := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopPuts()
+		wg.Wait()
+	}()
 	type result struct {
-		m   mesh.Member
+		i   int // index in live
 		err error
 	}
-	// Buffered for every possible put, so no sender ever blocks; the loop
-	// below still waits for each one it started.
+	// Buffered for every possible put, so no sender ever blocks, even
+	// after the loop below stopped receiving.
 	results := make(chan result, len(live))
-	next := 0
+	type try struct {
+		start time.Time
+		done  bool
+	}
+	tries := make([]try, 0, len(live)) // tries[i] is the put to live[i]
 	start := func() {
-		m := live[next]
-		next++
+		i := len(tries)
+		m := live[i]
+		tries = append(tries, try{start: time.Now()})
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			// Each attempt has its own deadline: a node that hangs (stopped,
 			// a stalled disk, not yet serving) is passed over like a dead
 			// one instead of holding the whole write until its deadline.
-			pctx, cancel := context.WithTimeout(ctx, r.putTimeout)
+			pctx, cancel := context.WithTimeout(putCtx, r.putTimeout)
 			defer cancel()
-			results <- result{m, r.c.Put(pctx, m.HTTP, id, data)}
+			results <- result{i, r.c.Put(pctx, m.HTTP, id, data)}
 		}()
 	}
-	for next < want {
+	began := time.Now()
+	for len(tries) < want {
 		start()
 	}
-	// At most want puts are in flight or done at any time (a new one starts
-	// only when one fails), so reaching want successes means nothing is
-	// left running.
 	inflight, stored := want, 0
 	var errs []error
 	permanent := false
-	for inflight > 0 {
-		res := <-results
-		inflight--
-		if res.err == nil {
-			stored++
-			continue
+	canStart := func() bool { return !permanent && ctx.Err() == nil && len(tries) < len(live) }
+	// The hedge timer runs from the moment a majority is stored until r
+	// copies are, or no node is left to try.
+	var hedgeTimer *time.Timer
+	var hedge <-chan time.Time
+	var delay time.Duration
+	for inflight > 0 && stored < want {
+		select {
+		case res := <-results:
+			inflight--
+			tries[res.i].done = true
+			if res.err == nil {
+				stored++
+				if stored == r.majority() && stored < want && canStart() {
+					delay = writeHedgeDelay(time.Since(began))
+					hedgeTimer = time.NewTimer(delay)
+					hedge = hedgeTimer.C
+				}
+				continue
+			}
+			m := live[res.i]
+			errs = append(errs, fmt.Errorf("node %s: %w", m.Name, res.err))
+			// The block size is cluster-wide: if one node says too large,
+			// every node will.
+			if errors.Is(res.err, persist.ErrTooLarge) {
+				permanent = true
+			}
+			if ctx.Err() == nil && nodeFailed(res.err) {
+				r.slow.penalise(m.Name, "put failed: "+res.err.Error())
+			}
+			if !canStart() {
+				continue
+			}
+			start()
+			inflight++
+		case <-hedge:
+			// Copies still wanted, less those the puts started within the
+			// last delay (replacements for failed ones, earlier hedges) may
+			// still bring in time.
+			need := want - stored
+			for _, t := range tries {
+				if !t.done && time.Since(t.start) < delay {
+					need--
+				}
+			}
+			for ; need > 0 && canStart(); need-- {
+				slog.Debug("block put is late: giving a copy to the next node",
+					"block", id, "node", live[len(tries)].Name, "after", delay, "stored", stored, "want", want)
+				start()
+				inflight++
+			}
+			if canStart() {
+				hedgeTimer.Reset(delay)
+			} else {
+				hedge = nil
+			}
 		}
-		errs = append(errs, fmt.Errorf("node %s: %w", res.m.Name, res.err))
-		// The block size is cluster-wide: if one node says too large,
-		// every node will.
-		if errors.Is(res.err, persist.ErrTooLarge) {
-			permanent = true
-		}
-		if permanent || ctx.Err() != nil || next >= len(live) {
-			continue
-		}
-		start()
-		inflight++
 	}
+	if hedgeTimer != nil {
+		hedgeTimer.Stop()
+	}
+	stopPuts()
+	if stored >= want {
+		// Whatever is still out was overtaken: r copies are stored.
+		for i, t := range tries {
+			if !t.done && time.Since(t.start) >= delay {
+				r.slow.penalise(live[i].Name, "put overtaken by a hedge")
+			}
+		}
+	}
+	wg.Wait()
 
 	switch {
-	case stored == want:
+	case stored >= want:
 		return id, nil
 	case stored >= r.majority() && !permanent:
 		// Degraded: every live node in placement order was tried (or the
@@ -131,9 +218,15 @@ func (r *Replicator) Write(ctx context.Context, data []byte) (persist.BlockID, e
 	}
 }
 
-// Read returns the block's content from the first node in placement order
-// (then any other live node) that has a copy whose hash verifies. A corrupt
-// copy or an unreachable node is skipped and logged.
+// Read returns the block's content from the first node that returns a copy
+// whose hash verifies. It asks the nodes in placement order (owners first,
+// then the other live nodes, those slow lately after the rest), moving on
+// at once past a node that fails or has no copy. A node that has not
+// answered within the hedge delay (a few times a healthy read, see
+// readLatency) is not waited for: the next node is asked as well, up to
+// maxReadsInFlight at once, and the first good copy wins. A corrupt copy
+// is skipped, logged and reported to its node (read-repair). Every attempt
+// has ended when Read returns.
 //
 // Members not currently live are asked last: gossip may be wrong, and when
 // every live node failed a last try costs little.
@@ -150,40 +243,121 @@ func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, erro
 			cands = append(cands, m)
 		}
 	}
+	cands = r.slow.order(cands)
 	for _, m := range order {
 		if !m.Live() {
 			cands = append(cands, m)
 		}
 	}
 	attempt := min(r.c.timeout, maxReadAttempt)
+	delay := r.reads.hedgeDelay()
+
+	// stopGets ends the attempts still out when Read returns; the wait
+	// makes sure none outlives it (nor its read-repair report).
+	gctx, stopGets := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopGets()
+		wg.Wait()
+	}()
+	type answer struct {
+		i    int // index in cands
+		data []byte
+		err  error
+		took time.Duration
+	}
+	// Buffered for every candidate, so no attempt blocks on sending after
+	// Read stopped receiving.
+	answers := make(chan answer, len(cands))
+	type try struct{ done bool }
+	tries := make([]try, 0, len(cands)) // tries[i] is the attempt on cands[i]
+	pending := 0
+	ask := func() {
+		i := len(tries)
+		m := cands[i]
+		tries = append(tries, try{})
+		pending++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begin := time.Now()
+			actx, cancel := context.WithTimeout(gctx, attempt)
+			data, err := r.c.Get(actx, m.HTTP, id)
+			cancel()
+			answers <- answer{i, data, err, time.Since(begin)}
+			if errors.Is(err, persist.ErrCorrupt) {
+				// Read-repair: tell the node, so it replaces its copy now
+				// rather than at its next scrub pass. Under ctx, not gctx:
+				// a good copy found meanwhile must not cancel the report.
+				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				if rerr := r.c.Report(rctx, m.HTTP, id); rerr != nil {
+					slog.Warn("could not report corrupt copy", "block", id, "node", m.Name, "err", rerr)
+				}
+				cancel()
+			}
+		}()
+	}
+	ask()
+	hedge := time.NewTimer(delay)
+	defer hedge.Stop()
 	notFound := 0
 	var errs []error
-	for _, m := range cands {
-		actx, cancel := context.WithTimeout(ctx, attempt)
-		data, err := r.c.Get(actx, m.HTTP, id)
-		cancel()
-		if err == nil {
-			return data, nil
-		}
-		if ctx.Err() != nil {
+	for pending > 0 {
+		select {
+		case <-ctx.Done():
 			return nil, fmt.Errorf("read block %s: %w", id, ctx.Err())
-		}
-		switch {
-		case errors.Is(err, persist.ErrNotFound):
-			notFound++
-		case errors.Is(err, persist.ErrCorrupt):
-			slog.Warn("skipping corrupt block copy", "block", id, "node", m.Name, "addr", m.HTTP, "err", err)
-			// Read-repair: tell the node, so it replaces its copy now
-			// rather than at its next scrub pass.
-			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			if rerr := r.c.Report(rctx, m.HTTP, id); rerr != nil {
-				slog.Warn("could not report corrupt copy", "block", id, "node", m.Name, "err", rerr)
+		case <-hedge.C:
+			if len(tries) == len(cands) || pending >= maxReadsInFlight {
+				// An answer that frees a slot asks the next node.
+				continue
 			}
-			cancel()
-			errs = append(errs, fmt.Errorf("node %s: %w", m.Name, err))
-		default:
-			slog.Debug("block read attempt failed", "block", id, "node", m.Name, "addr", m.HTTP, "err", err)
-			errs = append(errs, fmt.Errorf("node %s: %w", m.Name, err))
+			if slog.Default().Enabled(ctx, slog.LevelDebug) {
+				var late []string
+				for i, t := range tries {
+					if !t.done {
+						late = append(late, cands[i].Name)
+					}
+				}
+				slog.Debug("block read is late: asking the next node too",
+					"block", id, "late", late, "node", cands[len(tries)].Name, "after", delay)
+			}
+			ask()
+			hedge.Reset(delay)
+		case a := <-answers:
+			pending--
+			tries[a.i].done = true
+			m := cands[a.i]
+			if a.err == nil {
+				// The nodes asked before the winner and still silent were
+				// overtaken; those asked after it were merely not needed.
+				for i := range a.i {
+					if !tries[i].done {
+						r.slow.penalise(cands[i].Name, "read overtaken by a hedge")
+					}
+				}
+				r.reads.observe(a.took)
+				return a.data, nil
+			}
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("read block %s: %w", id, ctx.Err())
+			}
+			switch {
+			case errors.Is(a.err, persist.ErrNotFound):
+				notFound++
+			case errors.Is(a.err, persist.ErrCorrupt):
+				slog.Warn("skipping corrupt block copy", "block", id, "node", m.Name, "addr", m.HTTP, "err", a.err)
+				errs = append(errs, fmt.Errorf("node %s: %w", m.Name, a.err))
+			default:
+				slog.Debug("block read attempt failed", "block", id, "node", m.Name, "addr", m.HTTP, "err", a.err)
+				errs = append(errs, fmt.Errorf("node %s: %w", m.Name, a.err))
+			}
+			if nodeFailed(a.err) {
+				r.slow.penalise(m.Name, "read failed: "+a.err.Error())
+			}
+			if len(tries) < len(cands) && pending < maxReadsInFlight {
+				ask()
+				hedge.Reset(delay)
+			}
 		}
 	}
 	if len(errs) == 0 {
