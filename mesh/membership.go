@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sort"
 	"strconv"
@@ -31,7 +32,14 @@ type MembershipConfig struct {
 	// Tune, if set, may adjust memberlist's config before it starts (tests
 	// and WAN-style settings).
 	Tune func(*memberlist.Config)
+	// ReconnectInterval is how often the node tries to gossip with one
+	// member it holds dead (0: every 2 s). See reconnect.
+	ReconnectInterval time.Duration
 }
+
+// reconnectFor is how long a dead member's address keeps being tried: a
+// partition longer than this needs an operator (or a restart) to heal.
+const reconnectFor = 24 * time.Hour
 
 // Membership is this node's view of the mesh, kept by memberlist gossip.
 // It remembers members that died or left, so callers can tell a dead node
@@ -41,6 +49,8 @@ type Membership struct {
 	log *slog.Logger
 
 	stopOnce sync.Once
+	stop     chan struct{} // closed by Leave and Shutdown: ends reconnect
+	loops    sync.WaitGroup
 
 	mu      sync.Mutex
 	self    Member
@@ -63,7 +73,7 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	m := &Membership{log: logger, self: cfg.Self, members: map[string]Member{}}
+	m := &Membership{log: logger, self: cfg.Self, members: map[string]Member{}, stop: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Self.Name
@@ -106,7 +116,49 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 			logger.Warn("advertise gossip port", "err", err)
 		}
 	}
+	interval := cfg.ReconnectInterval
+	if interval <= 0 {
+		interval = 2 * time.Second
+	}
+	m.loops.Go(func() { m.reconnect(interval) })
 	return m, nil
+}
+
+// reconnect heals partitions. memberlist never probes a member it holds
+// dead, so after a network partition each side keeps the other dead for
+// good: no gossip, hence no NATS routes and no block traffic between them,
+// although every process is well. So, as Serf does, every interval this
+// node tries to gossip with one member it holds dead (not one that left),
+// picked at random, for reconnectFor after its death. A member that
+// crashed and came back elsewhere was already replaced under its name;
+// an address nobody answers at costs a refused connection.
+func (m *Membership) reconnect(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		var dead []Member
+		m.mu.Lock()
+		for _, mem := range m.members {
+			if mem.State == StateDead && time.Since(mem.Since) < reconnectFor {
+				dead = append(dead, mem)
+			}
+		}
+		m.mu.Unlock()
+		if len(dead) == 0 {
+			continue
+		}
+		mem := dead[rand.IntN(len(dead))]
+		if n, err := m.ml.Join([]string{mem.Gossip}); n > 0 {
+			m.log.Info("gossip: reached a member held dead (a partition healed?)", "member", mem.Name, "addr", mem.Gossip, "dead_for", time.Since(mem.Since).Round(time.Second))
+		} else {
+			m.log.Debug("gossip: a member held dead does not answer", "member", mem.Name, "addr", mem.Gossip, "err", oneLine(err))
+		}
+	}
 }
 
 // Join contacts the seeds (gossip addresses) until one answers, retrying
@@ -196,10 +248,15 @@ func (m *Membership) Changes() <-chan struct{} {
 func (m *Membership) Leave(timeout time.Duration) error {
 	var err error
 	m.stopOnce.Do(func() {
+		// The reconnect loop is stopped after gossip: a join it has under
+		// way fails once memberlist is shut down, instead of holding the
+		// stop up for a connect timeout.
+		close(m.stop)
 		err = m.ml.Leave(timeout)
 		if serr := m.ml.Shutdown(); err == nil {
 			err = serr
 		}
+		m.loops.Wait()
 		m.closeSubs()
 	})
 	return err
@@ -210,7 +267,9 @@ func (m *Membership) Leave(timeout time.Duration) error {
 func (m *Membership) Shutdown() error {
 	var err error
 	m.stopOnce.Do(func() {
+		close(m.stop)
 		err = m.ml.Shutdown()
+		m.loops.Wait()
 		m.closeSubs()
 	})
 	return err

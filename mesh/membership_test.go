@@ -127,3 +127,39 @@ func TestMembershipUpdateSelfGossips(t *testing.T) {
 	})
 	_ = fmt.Sprint
 }
+
+// TestMembershipReconnectsDeadMembers: memberlist never probes a member it
+// holds dead, so two sides of a healed partition would stay apart. Here
+// n2's gossip stops without a word (as if cut off) and n1 declares it
+// dead; then a process answers at n2's address again without joining
+// anyone, as the other side of a healed partition does. n1 must find it by
+// itself, and both must see each other alive.
+func TestMembershipReconnectsDeadMembers(t *testing.T) {
+	a := startMember(t, "n1", "s3cret")
+	b := startMember(t, "n2", "s3cret")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Join(ctx, []string{a.Self().Gossip}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 sees n2 alive", 5*time.Second, func() bool { return states(a)["n2"] == StateAlive })
+	addr := b.Self().Gossip
+	if err := b.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n1 declares n2 dead", 10*time.Second, func() bool { return states(a)["n2"] == StateDead })
+
+	b2, err := NewMembership(MembershipConfig{
+		Self:   Member{Name: "n2", Gossip: addr, HTTP: "127.0.0.1:12"},
+		Secret: Secret("s3cret"),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatalf("gossip again at %s: %v", addr, err)
+	}
+	defer b2.Leave(100 * time.Millisecond)
+	took := waitFor(t, "n1 and n2 see each other alive again, n2 never joining", 15*time.Second, func() bool {
+		return states(a)["n2"] == StateAlive && states(b2)["n1"] == StateAlive
+	})
+	t.Logf("reconnected %v after n2 answered again", took.Round(time.Millisecond))
+}
