@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/meshfs/meshfs/mesh/blocknet"
 	"github.com/meshfs/meshfs/scenarios/harness"
+	"github.com/meshfs/meshfs/scenarios/netns"
 )
 
 // Env is one run of one scenario: its configuration, temporary directory,
@@ -40,6 +42,9 @@ type Env struct {
 	meshMu sync.Mutex
 	mesh   *harness.Mesh
 	client *blocknet.Client
+	// net and hosts: the network of UpInNet, and node i's namespace.
+	net   *netns.Net
+	hosts []*netns.Host
 
 	mu     sync.Mutex
 	result Result // result.Heal < 0 until the heal is recorded
@@ -218,6 +223,14 @@ func FindOrBuildMeshfs(ctx context.Context, dir string) (string, error) {
 // returns once the metadata has all its replicas, so the chaos never
 // takes its only one.
 func (e *Env) Up(ctx context.Context, nodeFlags ...string) error {
+	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error) {
+		return harness.Up(ctx, e.Meshfs, e.MeshDir(), e.Nodes, logf, args...)
+	}, nodeFlags...)
+}
+
+// startMesh starts the mesh with up, given 'meshfs up' flags, and waits for
+// its metadata (see Up).
+func (e *Env) startMesh(ctx context.Context, up func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error), nodeFlags ...string) error {
 	args := []string{"--block-size", fmt.Sprint(e.BlockSize)}
 	if e.Replicas > 0 {
 		args = append(args, "--replicas", fmt.Sprint(e.Replicas))
@@ -231,7 +244,7 @@ func (e *Env) Up(ctx context.Context, nodeFlags ...string) error {
 	uctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	t := time.Now()
-	m, err := harness.Up(uctx, e.Meshfs, e.MeshDir(), e.Nodes, logf, args...)
+	m, err := up(uctx, logf, args)
 	if err != nil {
 		return fmt.Errorf("meshfs up: %w", err)
 	}
@@ -247,6 +260,61 @@ func (e *Env) Up(ctx context.Context, nodeFlags ...string) error {
 	e.Logf("mesh up in %.1fs: %d nodes, R=%d, %s blocks, mounted at %s", time.Since(t).Seconds(), len(m.State.Nodes), m.State.Replicas, formatBytes(int64(m.State.BlockSize)), m.Mount())
 	return e.waitMetadata(ctx)
 }
+
+// UpInNet is Up with every node in a network namespace of its own,
+// joined by a userspace router (scenarios/netns) that the scenario can
+// cut, delay and make lossy (Net, Host); the mount of Mount stays in this
+// process's namespace, which the router connects to the first group of
+// any partition. zones, if not nil, gives each node's --zone.
+func (e *Env) UpInNet(ctx context.Context, zones []string, nodeFlags ...string) error {
+	if err := netns.Available(); err != nil {
+		return fmt.Errorf("this scenario puts nodes in network namespaces: %w", err)
+	}
+	n, err := netns.New(ctx, fmt.Sprintf("mfc%04x", e.Rand.IntN(1<<16)), slog.New(slog.NewTextHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})), netns.Seed(e.Seed))
+	if err != nil {
+		return err
+	}
+	// Registered before the mesh's stop, so it runs after it: no process
+	// may be left in a namespace that is removed.
+	e.Defer("remove the network namespaces", n.Close)
+	e.net = n
+	specs := make([]harness.NodeSpec, e.Nodes)
+	for i := range specs {
+		h, err := n.Add(ctx, fmt.Sprintf("node%d", i+1))
+		if err != nil {
+			return err
+		}
+		e.hosts = append(e.hosts, h)
+		specs[i] = harness.NodeSpec{Name: h.Name, IP: h.IP().String(),
+			Command: func(name string, args ...string) *exec.Cmd { return h.Command(context.Background(), name, args...) }}
+		if zones != nil {
+			specs[i].Zone = zones[i]
+		}
+	}
+	e.Logf("network: nodes in namespaces %s-node1… on %s, this process at %s", "mfc", n.Subnet(), n.RootIP())
+	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error) {
+		// The flags 'meshfs up' takes itself, then those after "--",
+		// which StartMesh gives every node.
+		var nodeArgs []string
+		for i := 0; i < len(args); i++ {
+			switch args[i] {
+			case "--":
+			case "--block-size", "--replicas":
+				nodeArgs = append(nodeArgs, args[i], args[i+1])
+				i++
+			default:
+				nodeArgs = append(nodeArgs, args[i])
+			}
+		}
+		return harness.StartMesh(ctx, e.Meshfs, e.MeshDir(), specs, logf, nodeArgs...)
+	}, nodeFlags...)
+}
+
+// Net is the network of a mesh started with UpInNet (nil otherwise).
+func (e *Env) Net() *netns.Net { return e.net }
+
+// Host is node i's network namespace (UpInNet).
+func (e *Env) Host(i int) *netns.Host { return e.hosts[i] }
 
 // MeshDir is the directory of 'meshfs up' (the nodes' data dirs are
 // MeshDir/node1 …).
@@ -362,6 +430,18 @@ func (e *Env) MountAgain(ctx context.Context) (dir string, unmount func() error,
 // the mount process's pid. unmount is safe to call more than once, also
 // after the process was killed.
 func (e *Env) MountProcess(ctx context.Context, dir string) (pid int, mnt string, unmount func() error, err error) {
+	return e.mountProcess(ctx, exec.Command, dir)
+}
+
+// MountOnHost is MountAgain with the mount process in host's network
+// namespace (its mount point is visible to all, as any other's).
+func (e *Env) MountOnHost(ctx context.Context, h *netns.Host) (dir string, unmount func() error, err error) {
+	command := func(name string, args ...string) *exec.Cmd { return h.Command(context.Background(), name, args...) }
+	_, dir, unmount, err = e.mountProcess(ctx, command, "")
+	return dir, unmount, err
+}
+
+func (e *Env) mountProcess(ctx context.Context, command func(name string, args ...string) *exec.Cmd, dir string) (pid int, mnt string, unmount func() error, err error) {
 	if dir == "" {
 		e.mu.Lock()
 		e.mounts++
@@ -374,7 +454,7 @@ func (e *Env) MountProcess(ctx context.Context, dir string) (pid int, mnt string
 	mctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	e.meshMu.Lock()
-	pid, stop, err := e.mesh.MountProcess(mctx, dir)
+	pid, stop, err := e.mesh.MountProcessWith(mctx, command, dir)
 	e.meshMu.Unlock()
 	if err != nil {
 		return 0, "", nil, fmt.Errorf("mount again at %s: %w", dir, err)

@@ -16,6 +16,7 @@ var All = []*Scenario{
 	&CrashDuringWrite,
 	&DiskFull,
 	&Churn,
+	&Partition,
 }
 
 // Lookup returns the scenario named name, or nil.

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"slices"
 	"syscall"
 	"time"
@@ -41,14 +42,21 @@ func (m *Mesh) Terminate(i int, within time.Duration) error {
 // point answers ENOTCONN until it is unmounted (syscall.Unmount with
 // MNT_DETACH); unmount then reports the process's exit status.
 func (m *Mesh) MountProcess(ctx context.Context, dir string, extra ...string) (pid int, unmount func() error, err error) {
-	unmount, err = m.MountAgain(ctx, dir, extra...)
+	return m.MountProcessWith(ctx, exec.Command, dir, extra...)
+}
+
+// MountProcessWith is MountProcess with the process made by command (see
+// MountWith).
+func (m *Mesh) MountProcessWith(ctx context.Context, command func(name string, args ...string) *exec.Cmd, dir string, extra ...string) (pid int, unmount func() error, err error) {
+	unmount, err = m.MountWith(ctx, command, dir, extra...)
 	if err != nil {
 		return 0, nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, c := range slices.Backward(m.started) {
-		if len(c.Args) > 2 && c.Args[1] == "mount" && c.Args[2] == dir {
+		// The mount's own arguments may follow a wrapper's (nsenter).
+		if i := slices.Index(c.Args, "mount"); i > 0 && i+1 < len(c.Args) && c.Args[i+1] == dir {
 			return c.Process.Pid, unmount, nil
 		}
 	}

@@ -72,6 +72,10 @@ type Node struct {
 	Data   string   `json:"data"`
 	Log    string   `json:"log"`
 	Args   []string `json:"args"`
+	// Command, when set, makes the node's process (from the binary and
+	// Args[1:]) instead of exec.Command: for a node in a network
+	// namespace (StartMesh).
+	Command func(name string, args ...string) *exec.Cmd `json:"-"`
 }
 
 // Logf is where the harness reports what it does (testing.T.Logf fits).
@@ -184,7 +188,11 @@ func (m *Mesh) Restart(ctx context.Context, i int) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(m.Bin, args...)
+	command := exec.Command
+	if n.Command != nil {
+		command = n.Command
+	}
+	cmd := command(m.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -283,12 +291,18 @@ func (m *Mesh) waitSeen(ctx context.Context, i int) error {
 // MountAgain mounts the mesh at dir with a separate 'meshfs mount' process
 // and returns a function that unmounts it.
 func (m *Mesh) MountAgain(ctx context.Context, dir string, extra ...string) (func() error, error) {
+	return m.MountWith(ctx, exec.Command, dir, extra...)
+}
+
+// MountWith is MountAgain with the mount process made by command (for a
+// mount in a network namespace: see netns.Host.Command).
+func (m *Mesh) MountWith(ctx context.Context, command func(name string, args ...string) *exec.Cmd, dir string, extra ...string) (func() error, error) {
 	var joins []string
 	for _, n := range m.State.Nodes {
 		joins = append(joins, "--join", n.HTTP)
 	}
 	args := append(append([]string{"mount", dir, "--secret-file", m.State.SecretFile}, joins...), extra...)
-	cmd := exec.Command(m.Bin, args...)
+	cmd := command(m.Bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -353,7 +367,7 @@ func (m *Mesh) Stop() error {
 	for _, c := range started {
 		c.Process.Signal(syscall.SIGTERM)
 	}
-	if m.up.Process != nil {
+	if m.up != nil && m.up.Process != nil {
 		m.up.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-m.upDone:
