@@ -8,12 +8,14 @@
 package natsd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -304,9 +306,13 @@ func Connect(ctx context.Context, urls []string, secret, name string) (*nats.Con
 	if len(urls) == 0 {
 		return nil, errors.New("connect to metadata servers: no server URLs")
 	}
-	servers := strings.Join(urls, ",")
 	backoff := 50 * time.Millisecond
 	for {
+		// Each attempt asks the servers nearest first: a client's every
+		// metadata call crosses its link to the server it is connected
+		// to, so a server behind a slow or lossy link (or a far zone) is
+		// taken only when the near ones do not answer.
+		servers := strings.Join(nearestFirst(ctx, urls), ",")
 		timeout := 2 * time.Second
 		if dl, ok := ctx.Deadline(); ok {
 			if left := time.Until(dl); left < timeout {
@@ -315,6 +321,7 @@ func Connect(ctx context.Context, urls []string, secret, name string) (*nats.Con
 		}
 		opts := []nats.Option{
 			nats.Name(name),
+			nats.DontRandomize(),
 			nats.MaxReconnects(-1),
 			nats.ReconnectWait(250 * time.Millisecond),
 			nats.Timeout(timeout),
@@ -370,4 +377,42 @@ func (s *Server) MetaGroup() (leader string, size, quorum int) {
 		return "", 0, 0
 	}
 	return jsi.Meta.Leader, jsi.Meta.Size, jsi.Meta.QuorumNeeded
+}
+
+// nearestFirst orders server URLs by how long a TCP connection to each
+// takes (dialled at once, for at most a second); those that do not answer
+// go last, in their order.
+func nearestFirst(ctx context.Context, urls []string) []string {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	rtt := make([]time.Duration, len(urls))
+	var wg sync.WaitGroup
+	for i, raw := range urls {
+		rtt[i] = time.Hour
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			continue
+		}
+		wg.Go(func() {
+			t := time.Now()
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", u.Host)
+			if err != nil {
+				return
+			}
+			rtt[i] = time.Since(t)
+			c.Close()
+		})
+	}
+	wg.Wait()
+	order := make([]int, len(urls))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(rtt[a], rtt[b]) })
+	out := make([]string, len(urls))
+	for i, j := range order {
+		out[i] = urls[j]
+	}
+	return out
 }

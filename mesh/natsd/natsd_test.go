@@ -127,3 +127,31 @@ func TestConnectWaitsForLateServer(t *testing.T) {
 	}
 	nc.Close()
 }
+
+// TestNearestFirst: a server that does not answer goes after those that
+// do. (Ordering by round trip is shown by the slow-node scenario, where
+// one node's link has 100 ms of delay; loopback answers alike.)
+func TestNearestFirst(t *testing.T) {
+	a, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// A closed port refuses: it answers nothing, and goes last.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goneAddr := gone.Addr().String()
+	gone.Close()
+	urls := []string{"nats://" + goneAddr, "nats://" + a.Addr().String(), "nats://" + b.Addr().String()}
+	got := nearestFirst(context.Background(), urls)
+	if got[2] != urls[0] {
+		t.Fatalf("nearestFirst(%v) = %v: the server that refuses is not last", urls, got)
+	}
+}

@@ -17,6 +17,8 @@ var All = []*Scenario{
 	&DiskFull,
 	&Churn,
 	&Partition,
+	&SlowNode,
+	&Zones,
 }
 
 // Lookup returns the scenario named name, or nil.

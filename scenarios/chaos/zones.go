@@ -1,0 +1,165 @@
+package chaos
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/meshfs/meshfs/scenarios/netns"
+)
+
+var zonesCount int
+var zonesDelay time.Duration
+
+// Zones: the nodes in --zones zones (--zone), each node in a network
+// namespace of its own, with --zone-delay added to every packet between
+// two zones, as in a mesh spread over sites. Placement must put each
+// block's copies in different zones; then one whole zone is cut off (the
+// one holding fewest metadata replicas, at most one) for --duration while
+// readers and writers go on: no read may fail, nothing may be lost, and
+// after the zone is back every block is at R copies, again spread over the
+// zones.
+var Zones = Scenario{
+	Name:     "zones",
+	Summary:  "nodes in zones with delay between them: copies spread over zones; cutting a whole zone off loses nothing and reads go on",
+	Defaults: Defaults{Nodes: 6, Size: 8 << 20, Duration: 20 * time.Second},
+	Flags: func(fs *flag.FlagSet) {
+		fs.IntVar(&zonesCount, "zones", 3, "zones to spread the nodes over (2 or 3)")
+		fs.DurationVar(&zonesDelay, "zone-delay", 50*time.Millisecond, "delay added to each packet between two zones, each way")
+	},
+	Run: runZones,
+}
+
+func runZones(ctx context.Context, e *Env) error {
+	if zonesCount < 2 || e.Nodes < 2*zonesCount {
+		return fmt.Errorf("zones: want at least 2 zones and 2 nodes in each (--zones %d, --nodes %d)", zonesCount, e.Nodes)
+	}
+	zoneOf := make([]string, e.Nodes)
+	for i := range zoneOf {
+		zoneOf[i] = fmt.Sprintf("z%d", i%zonesCount+1)
+	}
+	if err := e.UpInNet(ctx, zoneOf); err != nil {
+		return err
+	}
+	hosts := map[string][]*netns.Host{}
+	for i, z := range zoneOf {
+		hosts[z] = append(hosts[z], e.Host(i))
+	}
+	zones := make([]string, 0, len(hosts))
+	for z := range hosts {
+		zones = append(zones, z)
+	}
+	slices.Sort(zones)
+	for a := range zones {
+		for b := a + 1; b < len(zones); b++ {
+			if err := e.Net().ShapeBetween(hosts[zones[a]], hosts[zones[b]], netns.Shape{Delay: zonesDelay}); err != nil {
+				return err
+			}
+		}
+	}
+	e.Logf("zones: %s, %v between two zones each way", describeZones(zoneOf), zonesDelay)
+	if err := e.WriteDataSet(ctx); err != nil {
+		return err
+	}
+	if !checkSpread(ctx, e, zoneOf, "before the cut") {
+		return nil
+	}
+
+	// Cut off the zone with the fewest metadata replicas.
+	holders := e.MetaHolders()
+	cut, fewest := "", e.Nodes
+	for _, z := range zones {
+		n := 0
+		for i, zi := range zoneOf {
+			if zi == z && holders[i] {
+				n++
+			}
+		}
+		if n < fewest {
+			cut, fewest = z, n
+		}
+	}
+	var rest []*netns.Host
+	for _, z := range zones {
+		if z != cut {
+			rest = append(rest, hosts[z]...)
+		}
+	}
+	w := e.StartWorkload(ctx, WorkloadOptions{Readers: 2, Writers: 1})
+	if !Sleep(ctx, 2*time.Second) {
+		return ctx.Err()
+	}
+	e.Logf("cutting zone %s off (%d metadata replicas there)", cut, fewest)
+	e.Note("cut_zone", cut)
+	if err := e.Net().Partition(rest, hosts[cut]); err != nil {
+		return err
+	}
+	reads0, _, _, writes0, _ := w.Counts()
+	Sleep(ctx, e.Duration)
+	reads1, _, _, writes1, _ := w.Counts()
+	e.Logf("zone %s back after %v: %d reads and %d fsync'd writes while it was cut off", cut, e.Duration, reads1-reads0, writes1-writes0)
+	e.Note("reads_while_cut", reads1-reads0)
+	e.Note("writes_while_cut", writes1-writes0)
+	if reads1 == reads0 {
+		e.Fail("no read completed while zone %s was cut off", cut)
+	}
+	e.Net().Heal()
+	healed := time.Now()
+	e.Finish(ctx, FinishOptions{Workload: w, HealSince: healed})
+	checkSpread(ctx, e, zoneOf, "after the heal")
+	return nil
+}
+
+// checkSpread checks that every block of a known file has copies in
+// min(R, zones) different zones, from the live nodes' own lists.
+func checkSpread(ctx context.Context, e *Env, zoneOf []string, when string) bool {
+	inv, err := e.Inventory(ctx)
+	if err != nil {
+		e.Fail("inventory %s: %v", when, err)
+		return false
+	}
+	zoneByName := map[string]string{}
+	distinct := map[string]bool{}
+	for i, z := range zoneOf {
+		zoneByName[e.Node(i).Name] = z
+		distinct[z] = true
+	}
+	want := min(e.R(), len(distinct))
+	blocks, bad := 0, 0
+	for id := range e.Files.Blocks() {
+		seen := map[string]bool{}
+		for _, holder := range inv.Holders[id] {
+			seen[zoneByName[holder]] = true
+		}
+		blocks++
+		if len(seen) < want {
+			bad++
+			if bad <= 3 {
+				e.Logf("block %s %s: copies on %v, in %d zones (want %d)", id, when, inv.Holders[id], len(seen), want)
+			}
+		}
+	}
+	e.Note("blocks_in_"+strings.ReplaceAll(when, " ", "_")+"_spread", fmt.Sprintf("%d/%d", blocks-bad, blocks))
+	if bad > 0 {
+		e.Fail("%s: %d of %d blocks have copies in fewer than %d zones", when, bad, blocks, want)
+		return false
+	}
+	e.Logf("%s: all %d blocks have copies in %d zones", when, blocks, want)
+	return true
+}
+
+func describeZones(zoneOf []string) string {
+	by := map[string][]string{}
+	for i, z := range zoneOf {
+		by[z] = append(by[z], fmt.Sprintf("node%d", i+1))
+	}
+	var parts []string
+	for _, z := range slices.Sorted(maps.Keys(by)) {
+		parts = append(parts, z+"="+strings.Join(by[z], ","))
+	}
+	return strings.Join(parts, " ")
+}
