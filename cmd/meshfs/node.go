@@ -187,8 +187,25 @@ func runNode(args []string) error {
 		jctx, cancel := context.WithTimeout(ctx, *joinTimeout)
 		err := members.Join(jctx, joins)
 		cancel()
-		if err != nil {
+		switch {
+		case err != nil && fresh:
 			return fmt.Errorf("%w (tried for %v; is a node running there, with the same secret?)", err, *joinTimeout)
+		case err != nil:
+			// A member before, whose peers may all be down as well (a
+			// power cut, a whole mesh restarted): waiting for one of them
+			// to answer first would keep every node from starting. It
+			// serves, and goes on trying them; they find each other as
+			// they come back.
+			log.Warn("no member answered at the --join addresses; this node was a member before, so it starts and goes on joining them", "join", joins.String(), "tried_for", *joinTimeout, "err", err)
+			jctx, cancel := context.WithCancel(ctx)
+			joined := make(chan struct{})
+			go func() {
+				defer close(joined)
+				if err := members.Join(jctx, joins); err == nil {
+					log.Info("joined the mesh", "join", joins.String())
+				}
+			}()
+			defer func() { cancel(); <-joined }()
 		}
 	}
 

@@ -19,6 +19,7 @@ var All = []*Scenario{
 	&Partition,
 	&SlowNode,
 	&Zones,
+	&PowerLoss,
 }
 
 // Lookup returns the scenario named name, or nil.
