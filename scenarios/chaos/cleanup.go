@@ -1,8 +1,10 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshfs/meshfs/scenarios/harness"
+	"github.com/meshfs/meshfs/scenarios/netns"
 )
 
 // cleanup undoes what the run did, newest first, then makes sure of it:
@@ -47,6 +50,13 @@ func (e *Env) cleanup() {
 	for _, mnt := range mountsUnder(e.Dir) {
 		err := detach(mnt)
 		e.Fail("cleanup: %s was still mounted; detached it (%v)", mnt, err)
+	}
+	if e.netPrefix != "" {
+		out, _ := exec.Command("ip", "netns", "list").Output()
+		if strings.Contains(string(out), e.netPrefix+"-") {
+			err := netns.RemoveStale(context.Background(), e.netPrefix)
+			e.Fail("cleanup: network namespaces %s-* were left; removed them (%v)", e.netPrefix, err)
+		}
 	}
 	if left := mountsUnder(e.Dir); len(left) > 0 {
 		e.Fail("cleanup: still mounted, so %s is kept: %s", e.Dir, strings.Join(left, " "))

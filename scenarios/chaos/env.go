@@ -43,8 +43,9 @@ type Env struct {
 	mesh   *harness.Mesh
 	client *blocknet.Client
 	// net and hosts: the network of UpInNet, and node i's namespace.
-	net   *netns.Net
-	hosts []*netns.Host
+	net       *netns.Net
+	hosts     []*netns.Host
+	netPrefix string // names its namespaces, for the cleanup's check
 
 	mu     sync.Mutex
 	result Result // result.Heal < 0 until the heal is recorded
@@ -270,7 +271,8 @@ func (e *Env) UpInNet(ctx context.Context, zones []string, nodeFlags ...string) 
 	if err := netns.Available(); err != nil {
 		return fmt.Errorf("this scenario puts nodes in network namespaces: %w", err)
 	}
-	n, err := netns.New(ctx, fmt.Sprintf("mfc%04x", e.Rand.IntN(1<<16)), slog.New(slog.NewTextHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})), netns.Seed(e.Seed))
+	e.netPrefix = fmt.Sprintf("mfc%04x", e.Rand.IntN(1<<16))
+	n, err := netns.New(ctx, e.netPrefix, slog.New(slog.NewTextHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})), netns.Seed(e.Seed))
 	if err != nil {
 		return err
 	}
@@ -291,7 +293,7 @@ func (e *Env) UpInNet(ctx context.Context, zones []string, nodeFlags ...string) 
 			specs[i].Zone = zones[i]
 		}
 	}
-	e.Logf("network: nodes in namespaces %s-node1… on %s, this process at %s", "mfc", n.Subnet(), n.RootIP())
+	e.Logf("network: nodes in namespaces %s-node1… on %s, this process at %s", e.netPrefix, n.Subnet(), n.RootIP())
 	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error) {
 		// The flags 'meshfs up' takes itself, then those after "--",
 		// which StartMesh gives every node.
