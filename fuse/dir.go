@@ -11,9 +11,13 @@ import (
 )
 
 // openDir counts the handles open on a directory, so that one removed
-// (rmdir, or renamed over) while open keeps its inode, empty at nlink 0,
-// for them, as on a local file system: fstat, getdents and xattrs through
-// the handle go on working, and the last release reclaims the inode.
+// (rmdir, or renamed over) through this mount while open here keeps its
+// inode, empty at nlink 0, for them, as on a local file system: fstat,
+// getdents and xattrs through the handle go on working, and the last
+// release reclaims the inode. Handles on other mounts are not counted
+// (they answer ENOENT), nor is a working directory, which holds no handle.
+// Like an unlinked file's, the inode stays as garbage if this mount dies
+// between the removal and the reclaim.
 type openDir struct {
 	opens   int
 	reclaim bool // removed while open: reclaim at the last release

@@ -212,8 +212,8 @@ func (m *FS) releaseFile(st *fileState) {
 // left with no link is reclaimed now, or at its last release on this mount
 // if it is open here, so open handles keep reading it.
 func (m *FS) unlinked(ctx context.Context, attr meta.Attr) {
-	if attr.Nlink != 0 {
-		return
+	if attr.Ino == 0 || attr.Nlink != 0 {
+		return // a dangling name (no inode), or links left
 	}
 	m.filesMu.Lock()
 	if st := m.files[attr.Ino]; st != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -35,6 +36,40 @@ type MembershipConfig struct {
 	// ReconnectInterval is how often the node tries to gossip with one
 	// member it holds dead (0: every 2 s). See reconnect.
 	ReconnectInterval time.Duration
+}
+
+// Gossip profiles: how fast failures are detected, against how slow a
+// link may be before a live member is taken for dead.
+const (
+	// GossipLAN suits loopback and one site (round trips of a few ms): a
+	// dead node is noticed within a few seconds.
+	GossipLAN = "lan"
+	// GossipWAN suits a mesh spread over sites, with round trips of up
+	// to a few hundred ms between them: probes wait 1.5 s (LAN: 250 ms)
+	// and suspicion lasts longer, so a far member is not declared dead
+	// for a slow answer; a dead node is noticed in about 10 to 15 s when
+	// others confirm the suspicion (up to a minute alone).
+	GossipWAN = "wan"
+)
+
+// GossipProfile returns the memberlist settings of a profile (GossipLAN,
+// GossipWAN), for MembershipConfig.Tune.
+func GossipProfile(name string) (func(*memberlist.Config), error) {
+	switch name {
+	case GossipLAN, "":
+		return func(*memberlist.Config) {}, nil
+	case GossipWAN:
+		return func(mc *memberlist.Config) {
+			mc.ProbeInterval = 3 * time.Second
+			mc.ProbeTimeout = 1500 * time.Millisecond
+			mc.SuspicionMult = 4
+			mc.GossipInterval = 300 * time.Millisecond
+			mc.GossipNodes = 4
+			mc.PushPullInterval = 30 * time.Second
+			mc.TCPTimeout = 10 * time.Second
+		}, nil
+	}
+	return nil, fmt.Errorf("gossip profile %q: want %s or %s", name, GossipLAN, GossipWAN)
 }
 
 // reconnectFor is how long a dead member's address keeps being tried: a
@@ -153,7 +188,17 @@ func (m *Membership) reconnect(interval time.Duration) {
 			continue
 		}
 		mem := dead[rand.IntN(len(dead))]
-		if n, err := m.ml.Join([]string{mem.Gossip}); n > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-m.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		n, err := m.join(ctx, []string{mem.Gossip})
+		cancel()
+		if n > 0 {
 			m.log.Info("gossip: reached a member held dead (a partition healed?)", "member", mem.Name, "addr", mem.Gossip, "dead_for", time.Since(mem.Since).Round(time.Second))
 		} else {
 			m.log.Debug("gossip: a member held dead does not answer", "member", mem.Name, "addr", mem.Gossip, "err", oneLine(err))
@@ -166,7 +211,7 @@ func (m *Membership) reconnect(interval time.Duration) {
 func (m *Membership) Join(ctx context.Context, seeds []string) error {
 	backoff := 200 * time.Millisecond
 	for {
-		n, err := m.ml.Join(seeds)
+		n, err := m.join(ctx, seeds)
 		if n > 0 {
 			return nil
 		}
@@ -178,6 +223,39 @@ func (m *Membership) Join(ctx context.Context, seeds []string) error {
 		m.log.Info("join: no member answered yet, retrying", "seeds", seeds, "err", oneLine(err))
 		backoff = min(2*backoff, 3*time.Second)
 	}
+}
+
+// join is memberlist's Join of the seeds that answer a TCP connection now.
+// memberlist's own dial cannot be cancelled and waits its TCPTimeout (10 s)
+// on an address whose packets are dropped (a partition, a host gone), once
+// per seed; the probe here ends with ctx, and lasts a second at most, so
+// that a node stopping is not held up by a join under way.
+func (m *Membership) join(ctx context.Context, seeds []string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var live []string
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, addr := range seeds {
+		wg.Go(func() {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", addr)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			c.Close()
+			live = append(live, addr)
+		})
+	}
+	wg.Wait()
+	if len(live) == 0 {
+		return 0, errors.Join(errs...)
+	}
+	return m.ml.Join(live)
 }
 
 // oneLine flattens memberlist's multi-line errors ("1 error occurred:\n\t* …").
@@ -248,9 +326,9 @@ func (m *Membership) Changes() <-chan struct{} {
 func (m *Membership) Leave(timeout time.Duration) error {
 	var err error
 	m.stopOnce.Do(func() {
-		// The reconnect loop is stopped after gossip: a join it has under
-		// way fails once memberlist is shut down, instead of holding the
-		// stop up for a connect timeout.
+		// Closing stop ends the reconnect loop's probe at once (see
+		// join); a join past the probe reached a live member, and ends in
+		// one round trip.
 		close(m.stop)
 		err = m.ml.Leave(timeout)
 		if serr := m.ml.Shutdown(); err == nil {

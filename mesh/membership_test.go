@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func startMember(t *testing.T, name string, secret string) *Membership {
@@ -162,4 +164,35 @@ func TestMembershipReconnectsDeadMembers(t *testing.T) {
 		return states(a)["n2"] == StateAlive && states(b2)["n1"] == StateAlive
 	})
 	t.Logf("reconnected %v after n2 answered again", took.Round(time.Millisecond))
+}
+
+func TestGossipProfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		probe   time.Duration // the ProbeTimeout it leaves
+		wantErr bool
+	}{
+		{name: "", probe: 250 * time.Millisecond},
+		{name: GossipLAN, probe: 250 * time.Millisecond},
+		{name: GossipWAN, probe: 1500 * time.Millisecond},
+		{name: "moon", wantErr: true},
+	} {
+		tune, err := GossipProfile(tc.name)
+		if (err != nil) != tc.wantErr {
+			t.Fatalf("GossipProfile(%q): err %v, want error %v", tc.name, err, tc.wantErr)
+		}
+		if err != nil {
+			continue
+		}
+		// As NewMembership applies it: over the LAN settings.
+		mc := memberlist.DefaultLANConfig()
+		mc.ProbeTimeout = 250 * time.Millisecond
+		tune(mc)
+		if mc.ProbeTimeout != tc.probe {
+			t.Errorf("GossipProfile(%q): probe timeout %v, want %v", tc.name, mc.ProbeTimeout, tc.probe)
+		}
+		if mc.ProbeInterval <= mc.ProbeTimeout {
+			t.Errorf("GossipProfile(%q): probe interval %v not above the timeout %v", tc.name, mc.ProbeInterval, mc.ProbeTimeout)
+		}
+	}
 }

@@ -68,6 +68,7 @@ func runNode(args []string) error {
 	joinTimeout := fs.Duration("join-timeout", 30*time.Second, "how long to keep trying the --join addresses")
 	name := fs.String("name", "", "node name, unique in the mesh (default: the one recorded in the data dir, else hostname-random)")
 	zone := fs.String("zone", "", "failure zone (rack, site) of this node")
+	gossipProfile := fs.String("gossip-profile", mesh.GossipLAN, "gossip timing: lan (one site: a dead node noticed in seconds) or wan (sites with round trips up to a few hundred ms between them: slower to suspect a far node); every node of a mesh should use the same")
 	capacity := fs.Int64("capacity", 0, "bytes of blocks this node may store (0: limited by its disk only)")
 	reserve := fs.Uint64("disk-reserve", 0, "bytes of the data dir's file system that blocks leave free for metadata (0: 2% of it, at least 64 MiB, at most 1 GiB)")
 	blockSize := fs.Int("block-size", 0, "block size in bytes of a new cluster (default 4 MiB); a joining node adopts the mesh's")
@@ -91,6 +92,10 @@ func runNode(args []string) error {
 	}
 	if *data == "" {
 		return usagef("--data DIR is required")
+	}
+	tune, err := mesh.GossipProfile(*gossipProfile)
+	if err != nil {
+		return usagef("--gossip-profile: %v", err)
 	}
 	log, err := newLogger(os.Stderr, *logLevel)
 	if err != nil {
@@ -172,7 +177,7 @@ func runNode(args []string) error {
 
 	var members *mesh.Membership
 	err = withPreferred(*gossip, state.Gossip, func(addr string) (err error) {
-		members, err = mesh.NewMembership(mesh.MembershipConfig{Secret: secret, Logger: log, Self: mesh.Member{
+		members, err = mesh.NewMembership(mesh.MembershipConfig{Secret: secret, Logger: log, Tune: tune, Self: mesh.Member{
 			Name: state.Name, Gossip: addr, HTTP: apiLn.Addr().String(), NATS: ns.Addr(), Route: ns.ClusterURL(),
 			Zone: *zone, Capacity: *capacity,
 			MetaHome: state.MetaHome, BlockSize: state.BlockSize, Replicas: state.Replicas,
@@ -188,6 +193,8 @@ func runNode(args []string) error {
 		err := members.Join(jctx, joins)
 		cancel()
 		switch {
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err() // stopped while joining
 		case err != nil && fresh:
 			return fmt.Errorf("%w (tried for %v; is a node running there, with the same secret?)", err, *joinTimeout)
 		case err != nil:

@@ -380,15 +380,20 @@ func (s *Server) MetaGroup() (leader string, size, quorum int) {
 }
 
 // nearestFirst orders server URLs by how long a TCP connection to each
-// takes (dialled at once, for at most a second); those that do not answer
-// go last, in their order.
+// takes, all dialled at once; those that do not answer go last, in their
+// order. It waits for the others a little past the first answer (three
+// times its time, at least 20 ms), and a second at most, so a server that
+// drops packets does not hold up every connect.
 func nearestFirst(ctx context.Context, urls []string) []string {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	rtt := make([]time.Duration, len(urls))
+	type answer struct {
+		i   int
+		rtt time.Duration
+	}
+	answers := make(chan answer, len(urls))
 	var wg sync.WaitGroup
 	for i, raw := range urls {
-		rtt[i] = time.Hour
 		u, err := url.Parse(raw)
 		if err != nil || u.Host == "" {
 			continue
@@ -400,11 +405,35 @@ func nearestFirst(ctx context.Context, urls []string) []string {
 			if err != nil {
 				return
 			}
-			rtt[i] = time.Since(t)
 			c.Close()
+			answers <- answer{i, time.Since(t)}
 		})
 	}
-	wg.Wait()
+	go func() { wg.Wait(); close(answers) }()
+	rtt := make([]time.Duration, len(urls))
+	for i := range rtt {
+		rtt[i] = time.Hour
+	}
+	var grace <-chan time.Time
+collect:
+	for {
+		select {
+		case a, ok := <-answers:
+			if !ok {
+				break collect
+			}
+			rtt[a.i] = a.rtt
+			if grace == nil {
+				grace = time.After(max(3*a.rtt, 20*time.Millisecond))
+			}
+		case <-grace:
+			break collect
+		case <-ctx.Done():
+			break collect
+		}
+	}
+	cancel()
+	wg.Wait() // the dials still out end with ctx
 	order := make([]int, len(urls))
 	for i := range order {
 		order[i] = i

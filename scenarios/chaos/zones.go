@@ -17,7 +17,8 @@ var zonesDelay time.Duration
 
 // Zones: the nodes in --zones zones (--zone), each node in a network
 // namespace of its own, with --zone-delay added to every packet between
-// two zones, as in a mesh spread over sites. Placement must put each
+// two zones, as in a mesh spread over sites, gossiping with the WAN
+// profile (--gossip-profile wan). Placement must put each
 // block's copies in different zones; then one whole zone is cut off (the
 // one holding fewest metadata replicas, at most one) for --duration while
 // readers and writers go on: no read may fail, nothing may be lost, and
@@ -42,7 +43,9 @@ func runZones(ctx context.Context, e *Env) error {
 	for i := range zoneOf {
 		zoneOf[i] = fmt.Sprintf("z%d", i%zonesCount+1)
 	}
-	if err := e.UpInNet(ctx, zoneOf); err != nil {
+	// Gossip timed for sites: a member across a slow link is not taken
+	// for dead over a late answer.
+	if err := e.UpInNet(ctx, zoneOf, "--gossip-profile", "wan"); err != nil {
 		return err
 	}
 	hosts := map[string][]*netns.Host{}
