@@ -39,7 +39,7 @@ const (
 	// places it on a non-owner that repair must move later, so a node
 	// merely busy for a moment (a loaded machine, a GC pause) must not
 	// trigger it.
-	writeHedgeFloor = 250 * time.Millisecond
+	writeHedgeFloor = 150 * time.Millisecond
 )
 
 // Penalties for late and failing nodes. A node's score grows by one for

@@ -424,7 +424,7 @@ func TestReadLatencyHedgeDelay(t *testing.T) {
 func TestWriteHedgeDelay(t *testing.T) {
 	for _, tt := range []struct{ took, want time.Duration }{
 		{time.Millisecond, writeHedgeFloor},
-		{100 * time.Millisecond, writeHedgeFloor},
+		{50 * time.Millisecond, writeHedgeFloor},
 		{200 * time.Millisecond, 400 * time.Millisecond},
 	} {
 		if got := writeHedgeDelay(tt.took); got != tt.want {

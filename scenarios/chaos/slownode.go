@@ -25,7 +25,7 @@ var slowNodeShape netns.Shape
 var SlowNode = Scenario{
 	Name:     "slow-node",
 	Summary:  "add delay and loss to one node's link: reads and writes route around it, throughput within 2x of healthy",
-	Defaults: Defaults{Nodes: 4, Size: 24 << 20, Duration: 10 * time.Second},
+	Defaults: Defaults{Nodes: 4, Size: 40 << 20, Duration: 10 * time.Second},
 	Flags: func(fs *flag.FlagSet) {
 		fs.DurationVar(&slowNodeShape.Delay, "delay", 100*time.Millisecond, "delay added to each packet to and from the slow node (a round trip gains twice this)")
 		fs.Float64Var(&slowNodeShape.Loss, "loss", 0.02, "fraction of the slow node's packets dropped, each way")
