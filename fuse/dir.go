@@ -6,8 +6,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/meshfs/meshfs/mesh/meta"
 )
 
 // openDir counts the handles open on a directory, so that one removed
@@ -74,10 +72,11 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*gofuse.DirEntry, syscall.E
 }
 
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	if off == 0 {
+	if off == 0 && h.ds != nil {
 		// A rewind (rewinddir, or lseek to 0) reads the directory
 		// afresh, as getdents on a local file system would show
 		// entries made since the open.
+		h.ds.Close()
 		h.ds = nil
 	}
 	if errno := h.stream(ctx); errno != 0 {
@@ -109,12 +108,10 @@ func (h *dirHandle) Releasedir(ctx context.Context, releaseFlags uint32) {
 	delete(m.dirs, ino)
 	reclaim := d.reclaim
 	m.filesMu.Unlock()
-	if !reclaim {
-		return
+	if h.ds != nil {
+		h.ds.Close()
 	}
-	mctx, cancel := metaCtx(m.ctx)
-	defer cancel()
-	if err := m.meta.Reclaim(mctx, meta.Ino(ino)); err != nil {
-		m.log.Error("meshfs: reclaim of a removed directory at its last close failed", "ino", ino, "err", err)
+	if reclaim {
+		m.reclaim(m.ctx, ino)
 	}
 }

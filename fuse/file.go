@@ -200,11 +200,17 @@ func (m *FS) releaseFile(st *fileState) {
 
 	st.drop()
 	if reclaim {
-		ctx, cancel := metaCtx(m.ctx)
-		defer cancel()
-		if err := m.meta.Reclaim(ctx, st.ino); err != nil {
-			m.log.Error("meshfs: reclaim of unlinked inode failed", "ino", st.ino, "err", err)
-		}
+		m.reclaim(m.ctx, st.ino)
+	}
+}
+
+// reclaim deletes an inode left with no link. On failure the name is gone
+// all the same; the inode stays behind as garbage, which is logged.
+func (m *FS) reclaim(ctx context.Context, ino meta.Ino) {
+	mctx, cancel := metaCtx(ctx)
+	defer cancel()
+	if err := m.meta.Reclaim(mctx, ino); err != nil {
+		m.log.Error("meshfs: reclaim of an inode with no link left failed", "ino", ino, "err", err)
 	}
 }
 
@@ -227,12 +233,7 @@ func (m *FS) unlinked(ctx context.Context, attr meta.Attr) {
 		return
 	}
 	m.filesMu.Unlock()
-	mctx, cancel := metaCtx(ctx)
-	defer cancel()
-	if err := m.meta.Reclaim(mctx, attr.Ino); err != nil {
-		// The name is gone either way; the inode stays behind as garbage.
-		m.log.Error("meshfs: reclaim of unlinked inode failed", "ino", attr.Ino, "err", err)
-	}
+	m.reclaim(ctx, attr.Ino)
 }
 
 // spill starts uploading every dirty slot of every open file, to make room

@@ -53,11 +53,12 @@ const (
 )
 
 // GossipProfile returns the memberlist settings of a profile (GossipLAN,
-// GossipWAN), for MembershipConfig.Tune.
+// GossipWAN), for MembershipConfig.Tune: nil for GossipLAN, which is
+// NewMembership's own.
 func GossipProfile(name string) (func(*memberlist.Config), error) {
 	switch name {
 	case GossipLAN, "":
-		return func(*memberlist.Config) {}, nil
+		return nil, nil // NewMembership's own settings
 	case GossipWAN:
 		return func(mc *memberlist.Config) {
 			mc.ProbeInterval = 3 * time.Second
@@ -66,7 +67,6 @@ func GossipProfile(name string) (func(*memberlist.Config), error) {
 			mc.GossipInterval = 300 * time.Millisecond
 			mc.GossipNodes = 4
 			mc.PushPullInterval = 30 * time.Second
-			mc.TCPTimeout = 10 * time.Second
 		}, nil
 	}
 	return nil, fmt.Errorf("gossip profile %q: want %s or %s", name, GossipLAN, GossipWAN)
@@ -84,7 +84,8 @@ type Membership struct {
 	log *slog.Logger
 
 	stopOnce sync.Once
-	stop     chan struct{} // closed by Leave and Shutdown: ends reconnect
+	stopCtx  context.Context // cancelled by Leave and Shutdown: ends reconnect
+	stop     context.CancelFunc
 	loops    sync.WaitGroup
 
 	mu      sync.Mutex
@@ -108,7 +109,8 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	m := &Membership{log: logger, self: cfg.Self, members: map[string]Member{}, stop: make(chan struct{})}
+	m := &Membership{log: logger, self: cfg.Self, members: map[string]Member{}}
+	m.stopCtx, m.stop = context.WithCancel(context.Background())
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Self.Name
@@ -172,7 +174,7 @@ func (m *Membership) reconnect(interval time.Duration) {
 	defer t.Stop()
 	for {
 		select {
-		case <-m.stop:
+		case <-m.stopCtx.Done():
 			return
 		case <-t.C:
 		}
@@ -188,16 +190,7 @@ func (m *Membership) reconnect(interval time.Duration) {
 			continue
 		}
 		mem := dead[rand.IntN(len(dead))]
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-m.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		n, err := m.join(ctx, []string{mem.Gossip})
-		cancel()
+		n, err := m.join(m.stopCtx, []string{mem.Gossip})
 		if n > 0 {
 			m.log.Info("gossip: reached a member held dead (a partition healed?)", "member", mem.Name, "addr", mem.Gossip, "dead_for", time.Since(mem.Since).Round(time.Second))
 		} else {
@@ -326,10 +319,10 @@ func (m *Membership) Changes() <-chan struct{} {
 func (m *Membership) Leave(timeout time.Duration) error {
 	var err error
 	m.stopOnce.Do(func() {
-		// Closing stop ends the reconnect loop's probe at once (see
-		// join); a join past the probe reached a live member, and ends in
-		// one round trip.
-		close(m.stop)
+		// stop ends the reconnect loop's probe at once (see join); a
+		// join past the probe reached a live member, and ends in one
+		// round trip.
+		m.stop()
 		err = m.ml.Leave(timeout)
 		if serr := m.ml.Shutdown(); err == nil {
 			err = serr
@@ -345,7 +338,7 @@ func (m *Membership) Leave(timeout time.Duration) error {
 func (m *Membership) Shutdown() error {
 	var err error
 	m.stopOnce.Do(func() {
-		close(m.stop)
+		m.stop()
 		err = m.ml.Shutdown()
 		m.loops.Wait()
 		m.closeSubs()

@@ -187,7 +187,9 @@ func TestGossipProfile(t *testing.T) {
 		// As NewMembership applies it: over the LAN settings.
 		mc := memberlist.DefaultLANConfig()
 		mc.ProbeTimeout = 250 * time.Millisecond
-		tune(mc)
+		if tune != nil {
+			tune(mc)
+		}
 		if mc.ProbeTimeout != tc.probe {
 			t.Errorf("GossipProfile(%q): probe timeout %v, want %v", tc.name, mc.ProbeTimeout, tc.probe)
 		}

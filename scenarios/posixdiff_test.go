@@ -109,7 +109,7 @@ func TestPosixDiffCrash(t *testing.T) {
 	m := startMesh(t, 3, "--block-size", fmt.Sprint(blockSize))
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	if err := m.WaitMetadata(ctx, 3, time.Minute); err != nil {
+	if _, err := m.WaitMetadata(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	mnt := filepath.Join(t.TempDir(), "crash-mnt")

@@ -181,17 +181,28 @@ type testMesh struct {
 
 func newTestMesh(t testing.TB, n int) *testMesh {
 	t.Helper()
+	return newWrappedMesh(t, n, nil)
+}
+
+// newWrappedMesh is newTestMesh with each node's handler passed through
+// wrap (by node name) when wrap is not nil: tests put links in front.
+func newWrappedMesh(t testing.TB, n int, wrap func(name string, h http.Handler) http.Handler) *testMesh {
+	t.Helper()
 	m := &testMesh{client: NewClient(testSecret, 10*time.Second), version: "v1"}
 	t.Cleanup(m.client.closeIdle)
 	for i := range n {
 		nd := &testNode{name: fmt.Sprintf("node%d", i), store: newFakeStore()}
-		nd.srv = httptest.NewServer(NewServer(ServerConfig{
+		var h http.Handler = NewServer(ServerConfig{
 			Store:   nd.store,
 			Secret:  testSecret,
 			Cluster: func() ClusterInfo { return m.info(nd.name) },
 			DataDir: t.TempDir(),
 			Suspect: func(persist.BlockID) { nd.reported.Add(1) },
-		}))
+		})
+		if wrap != nil {
+			h = wrap(nd.name, h)
+		}
+		nd.srv = httptest.NewServer(h)
 		t.Cleanup(nd.srv.Close)
 		nd.addr = nd.srv.Listener.Addr().String()
 		m.nodes = append(m.nodes, nd)

@@ -190,8 +190,14 @@ func (s *slowNodes) slow(node string) bool {
 // order moves the demoted nodes of ms behind the others, keeping placement
 // order within each group: a block's reads keep going to the same node, and
 // a write still prefers the owners among the nodes that are not slow.
-// ms is not modified.
+// ms is not modified (it is returned as is when no node is demoted).
 func (s *slowNodes) order(ms []mesh.Member) []mesh.Member {
+	s.mu.Lock()
+	none := len(s.nodes) == 0
+	s.mu.Unlock()
+	if none {
+		return ms // the usual case: nobody was late lately
+	}
 	out := make([]mesh.Member, 0, len(ms))
 	var late []mesh.Member
 	for _, m := range ms {

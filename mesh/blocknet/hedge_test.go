@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -73,25 +72,12 @@ func (l *link) wrap(h http.Handler) http.Handler {
 // newLinkedMesh is newTestMesh with a link in front of every node, by name.
 func newLinkedMesh(t testing.TB, n int) (*testMesh, map[string]*link) {
 	t.Helper()
-	m := &testMesh{client: NewClient(testSecret, 10*time.Second), version: "v1"}
-	t.Cleanup(m.client.closeIdle)
 	links := make(map[string]*link)
-	for i := range n {
-		nd := &testNode{name: fmt.Sprintf("node%d", i), store: newFakeStore()}
+	m := newWrappedMesh(t, n, func(name string, h http.Handler) http.Handler {
 		l := &link{}
-		links[nd.name] = l
-		nd.srv = httptest.NewServer(l.wrap(NewServer(ServerConfig{
-			Store:   nd.store,
-			Secret:  testSecret,
-			Cluster: func() ClusterInfo { return m.info(nd.name) },
-			DataDir: t.TempDir(),
-			Suspect: func(persist.BlockID) { nd.reported.Add(1) },
-		})))
-		t.Cleanup(nd.srv.Close)
-		nd.addr = nd.srv.Listener.Addr().String()
-		m.nodes = append(m.nodes, nd)
-		m.members = append(m.members, mesh.Member{Name: nd.name, HTTP: nd.addr, State: mesh.StateAlive})
-	}
+		links[name] = l
+		return l.wrap(h)
+	})
 	return m, links
 }
 

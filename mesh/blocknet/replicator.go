@@ -269,13 +269,16 @@ func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, erro
 	// Buffered for every candidate, so no attempt blocks on sending after
 	// Read stopped receiving.
 	answers := make(chan answer, len(cands))
-	type try struct{ done bool }
+	type try struct {
+		start time.Time
+		done  bool
+	}
 	tries := make([]try, 0, len(cands)) // tries[i] is the attempt on cands[i]
 	pending := 0
 	ask := func() {
 		i := len(tries)
 		m := cands[i]
-		tries = append(tries, try{})
+		tries = append(tries, try{start: time.Now()})
 		pending++
 		wg.Add(1)
 		go func() {
@@ -328,10 +331,12 @@ func (r *Replicator) Read(ctx context.Context, id persist.BlockID) ([]byte, erro
 			tries[a.i].done = true
 			m := cands[a.i]
 			if a.err == nil {
-				// The nodes asked before the winner and still silent were
-				// overtaken; those asked after it were merely not needed.
+				// The nodes asked before the winner and silent for a hedge
+				// delay were overtaken. One asked after it, or asked at
+				// once when another failed and silent for less, was
+				// merely not needed.
 				for i := range a.i {
-					if !tries[i].done {
+					if !tries[i].done && time.Since(tries[i].start) >= delay {
 						r.slow.penalise(cands[i].Name, "read overtaken by a hedge")
 					}
 				}

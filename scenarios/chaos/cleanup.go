@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -52,10 +51,9 @@ func (e *Env) cleanup() {
 		e.Fail("cleanup: %s was still mounted; detached it (%v)", mnt, err)
 	}
 	if e.netPrefix != "" {
-		out, _ := exec.Command("ip", "netns", "list").Output()
-		if strings.Contains(string(out), e.netPrefix+"-") {
-			err := netns.RemoveStale(context.Background(), e.netPrefix)
-			e.Fail("cleanup: network namespaces %s-* were left; removed them (%v)", e.netPrefix, err)
+		left, err := netns.RemoveStale(context.Background(), e.netPrefix+"-")
+		if len(left) > 0 || err != nil {
+			e.Fail("cleanup: network namespaces %v were left; removed them (%v)", left, err)
 		}
 	}
 	if left := mountsUnder(e.Dir); len(left) > 0 {

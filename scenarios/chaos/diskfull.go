@@ -60,11 +60,7 @@ func runDiskFull(ctx context.Context, e *Env) error {
 		case err == nil:
 			how = "tmpfs"
 			e.Defer("unmount the tmpfs at "+data, func() error {
-				// Keep the node's log beside the others (for --keep and
-				// the failure report).
-				if b, err := os.ReadFile(filepath.Join(data, "node.log")); err == nil {
-					os.WriteFile(filepath.Join(e.Dir, fmt.Sprintf("node%d.log", k+1)), b, 0o600)
-				}
+				e.keepLog(k, data)
 				return detach(data)
 			})
 		case errors.Is(err, syscall.EPERM) && how == "auto":

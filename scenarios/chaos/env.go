@@ -224,20 +224,21 @@ func FindOrBuildMeshfs(ctx context.Context, dir string) (string, error) {
 // returns once the metadata has all its replicas, so the chaos never
 // takes its only one.
 func (e *Env) Up(ctx context.Context, nodeFlags ...string) error {
-	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error) {
+	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, meshFlags, nodeFlags []string) (*harness.Mesh, error) {
+		args := append(append(meshFlags, "--"), nodeFlags...)
 		return harness.Up(ctx, e.Meshfs, e.MeshDir(), e.Nodes, logf, args...)
 	}, nodeFlags...)
 }
 
-// startMesh starts the mesh with up, given 'meshfs up' flags, and waits for
-// its metadata (see Up).
-func (e *Env) startMesh(ctx context.Context, up func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error), nodeFlags ...string) error {
-	args := []string{"--block-size", fmt.Sprint(e.BlockSize)}
+// startMesh starts the mesh with up, given the flags of a new mesh
+// (--block-size, --replicas) and those of every node, and waits for its
+// metadata (see Up).
+func (e *Env) startMesh(ctx context.Context, up func(ctx context.Context, logf harness.Logf, meshFlags, nodeFlags []string) (*harness.Mesh, error), nodeFlags ...string) error {
+	meshFlags := []string{"--block-size", fmt.Sprint(e.BlockSize)}
 	if e.Replicas > 0 {
-		args = append(args, "--replicas", fmt.Sprint(e.Replicas))
+		meshFlags = append(meshFlags, "--replicas", fmt.Sprint(e.Replicas))
 	}
-	args = append(args, "--", "--repair-delay", "5s", "--repair-interval", "2s")
-	args = append(append(args, nodeFlags...), e.NodeFlags...)
+	nodeFlags = append(append([]string{"--repair-delay", "5s", "--repair-interval", "2s"}, nodeFlags...), e.NodeFlags...)
 	logf := func(string, ...any) {}
 	if e.Verbose {
 		logf = func(format string, a ...any) { e.Logf("harness: "+format, a...) }
@@ -245,7 +246,7 @@ func (e *Env) startMesh(ctx context.Context, up func(ctx context.Context, logf h
 	uctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	t := time.Now()
-	m, err := up(uctx, logf, args)
+	m, err := up(uctx, logf, meshFlags, nodeFlags)
 	if err != nil {
 		return fmt.Errorf("meshfs up: %w", err)
 	}
@@ -271,7 +272,10 @@ func (e *Env) UpInNet(ctx context.Context, zones []string, nodeFlags ...string) 
 	if err := netns.Available(); err != nil {
 		return fmt.Errorf("this scenario puts nodes in network namespaces: %w", err)
 	}
-	e.netPrefix = fmt.Sprintf("mfc%04x", e.Rand.IntN(1<<16))
+	// Not from e.Rand: the prefix names the system's namespaces, so two
+	// runs of one seed must not share it (and the scenario's draws must
+	// not depend on it).
+	e.netPrefix = fmt.Sprintf("mfc%04x", rand.IntN(1<<16))
 	n, err := netns.New(ctx, e.netPrefix, slog.New(slog.NewTextHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})), netns.Seed(e.Seed))
 	if err != nil {
 		return err
@@ -287,28 +291,14 @@ func (e *Env) UpInNet(ctx context.Context, zones []string, nodeFlags ...string) 
 			return err
 		}
 		e.hosts = append(e.hosts, h)
-		specs[i] = harness.NodeSpec{Name: h.Name, IP: h.IP().String(),
-			Command: func(name string, args ...string) *exec.Cmd { return h.Command(context.Background(), name, args...) }}
+		specs[i] = harness.NodeSpec{Name: h.Name, IP: h.IP().String(), Command: h.Command}
 		if zones != nil {
 			specs[i].Zone = zones[i]
 		}
 	}
 	e.Logf("network: nodes in namespaces %s-node1… on %s, this process at %s", e.netPrefix, n.Subnet(), n.RootIP())
-	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, args []string) (*harness.Mesh, error) {
-		// The flags 'meshfs up' takes itself, then those after "--",
-		// which StartMesh gives every node.
-		var nodeArgs []string
-		for i := 0; i < len(args); i++ {
-			switch args[i] {
-			case "--":
-			case "--block-size", "--replicas":
-				nodeArgs = append(nodeArgs, args[i], args[i+1])
-				i++
-			default:
-				nodeArgs = append(nodeArgs, args[i])
-			}
-		}
-		return harness.StartMesh(ctx, e.Meshfs, e.MeshDir(), specs, logf, nodeArgs...)
+	return e.startMesh(ctx, func(ctx context.Context, logf harness.Logf, meshFlags, nodeFlags []string) (*harness.Mesh, error) {
+		return harness.StartMesh(ctx, e.Meshfs, e.MeshDir(), specs, logf, append(meshFlags, nodeFlags...)...)
 	}, nodeFlags...)
 }
 
@@ -438,8 +428,7 @@ func (e *Env) MountProcess(ctx context.Context, dir string) (pid int, mnt string
 // MountOnHost is MountAgain with the mount process in host's network
 // namespace (its mount point is visible to all, as any other's).
 func (e *Env) MountOnHost(ctx context.Context, h *netns.Host) (dir string, unmount func() error, err error) {
-	command := func(name string, args ...string) *exec.Cmd { return h.Command(context.Background(), name, args...) }
-	_, dir, unmount, err = e.mountProcess(ctx, command, "")
+	_, dir, unmount, err = e.mountProcess(ctx, h.Command, "")
 	return dir, unmount, err
 }
 
@@ -503,6 +492,24 @@ func (e *Env) MetaHolders() map[int]bool {
 		return nil
 	}
 	return holders
+}
+
+// keepLog copies node i's log from its data dir, data, beside the run's
+// other logs (for --keep and the failure report): before a data dir on a
+// file system of the scenario's own (a tmpfs, lazyfs) is unmounted.
+func (e *Env) keepLog(i int, data string) {
+	if b, err := os.ReadFile(filepath.Join(data, "node.log")); err == nil {
+		os.WriteFile(filepath.Join(e.Dir, fmt.Sprintf("node%d.log", i+1)), b, 0o600)
+	}
+}
+
+// needMetaHolders is MetaHolders for a scenario that chooses nodes by it
+// and cannot go on without knowing.
+func (e *Env) needMetaHolders() (map[int]bool, error) {
+	if h := e.MetaHolders(); h != nil {
+		return h, nil
+	}
+	return nil, errors.New("cannot tell which nodes hold a metadata replica: no node's NATS store has the KV stream")
 }
 
 // showLogs prints the last lines of the mesh's logs after a failure.

@@ -50,7 +50,10 @@ func runPartition(ctx context.Context, e *Env) error {
 	}
 	// The minority: at most half the nodes less one, holding at most one
 	// metadata replica, so that the majority keeps the metadata's quorum.
-	holders := e.MetaHolders()
+	holders, err := e.needMetaHolders()
+	if err != nil {
+		return err
+	}
 	var majority, minority []*netns.Host
 	var minorityNames []string
 	metaInMinority := 0

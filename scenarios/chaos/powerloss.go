@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshfs/meshfs/scenarios/harness"
 	"github.com/meshfs/meshfs/scenarios/lazyfs"
 )
 
@@ -31,6 +32,9 @@ var PowerLoss = Scenario{
 
 func runPowerLoss(ctx context.Context, e *Env) error {
 	disks := make([]*lazyfs.FS, e.Nodes)
+	// disksMu orders mountDisk's writes (this goroutine) with the cleanup,
+	// which may run while an interrupted scenario still does; this
+	// goroutine's own reads need no lock.
 	var disksMu sync.Mutex
 	mountDisk := func(i int) error {
 		data := filepath.Join(e.MeshDir(), fmt.Sprintf("node%d", i+1))
@@ -62,11 +66,7 @@ func runPowerLoss(ctx context.Context, e *Env) error {
 			if fs == nil {
 				continue
 			}
-			// Keep the node's log beside the others (for --keep and the
-			// failure report).
-			if b, err := os.ReadFile(filepath.Join(e.MeshDir(), fmt.Sprintf("node%d", i+1), "node.log")); err == nil {
-				os.WriteFile(filepath.Join(e.Dir, fmt.Sprintf("node%d.log", i+1)), b, 0o600)
-			}
+			e.keepLog(i, filepath.Join(e.MeshDir(), fmt.Sprintf("node%d", i+1)))
 			if err := fs.Unmount(); err != nil {
 				errs = append(errs, err)
 			}
@@ -94,11 +94,8 @@ func runPowerLoss(ctx context.Context, e *Env) error {
 	}
 	cut := time.Now()
 	for i := range e.Nodes {
-		for e.Alive(i) {
-			if time.Since(cut) > 10*time.Second {
-				return fmt.Errorf("%s still alive 10s after SIGKILL", e.Node(i).Name)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if err := harness.WaitGone(e.Node(i).PID, 10*time.Second); err != nil {
+			return fmt.Errorf("%s after SIGKILL: %w", e.Node(i).Name, err)
 		}
 	}
 	var dropped int64

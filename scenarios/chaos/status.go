@@ -1,18 +1,16 @@
 package chaos
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/meshfs/meshfs/actors"
 	"github.com/meshfs/meshfs/mesh"
 	"github.com/meshfs/meshfs/persist"
+	"github.com/meshfs/meshfs/scenarios/harness"
 )
 
 // Status is the part of 'meshfs status --json' the scenarios read. (The
@@ -32,13 +30,7 @@ type Status struct {
 		ByPass   int64 `json:"found_by_pass"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`
-	Metadata struct {
-		Replicas int    `json:"replicas"`
-		Current  int    `json:"current"` // replicas up to date
-		Leader   string `json:"leader"`
-		Witness  bool   `json:"witness"` // a witness still votes
-		Error    string `json:"error"`
-	} `json:"metadata"`
+	Metadata harness.Metadata `json:"metadata"`
 }
 
 // Healthy reports whether status shows every block at R live copies.
@@ -53,23 +45,13 @@ func (s Status) String() string {
 // Status runs 'meshfs status --json' against the nodes whose process runs
 // (their current addresses: up.json has the first ones only).
 func (e *Env) Status(ctx context.Context) (Status, error) {
-	var st Status
-	args := []string{"status", "--json", "--secret-file", e.mesh.State.SecretFile}
+	var addrs []string
 	for _, i := range e.LiveNodes() {
-		args = append(args, "--join", e.Node(i).HTTP)
+		addrs = append(addrs, e.Node(i).HTTP)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, e.Meshfs, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return st, fmt.Errorf("meshfs status: %v: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	if err := json.Unmarshal(stdout.Bytes(), &st); err != nil {
-		return st, fmt.Errorf("meshfs status --json: %v", err)
-	}
-	return st, nil
+	var st Status
+	err := harness.Status(ctx, e.Meshfs, e.mesh.State.SecretFile, addrs, &st)
+	return st, err
 }
 
 // waitStatus polls 'meshfs status' until ok holds, for at most within.
@@ -86,28 +68,20 @@ func waitStatus(ctx context.Context, e *Env, within time.Duration, ok func(Statu
 	return false
 }
 
-// waitMetadata waits until 'meshfs status' shows the metadata bucket at
-// its three replicas, all up to date, with a leader and no witness (with
-// fewer than three nodes: one replica and a leader), for at most a minute.
-// A new mesh starts with one replica and raises it a few seconds after the
-// nodes are ready: a node stopped before then may take the only one.
+// waitMetadata waits, for at most a minute, until 'meshfs status' shows
+// the metadata ready for the run's nodes (harness.Metadata.Ready).
 func (e *Env) waitMetadata(ctx context.Context) error {
-	want := 1
-	if e.Nodes >= 3 {
-		want = 3
-	}
 	t := time.Now()
 	var last Status
 	ok := waitStatus(ctx, e, time.Minute, func(s Status) bool {
 		last = s
-		md := s.Metadata
-		return md.Leader != "" && md.Replicas >= want && md.Current >= want && (want < 3 || !md.Witness)
+		return s.Metadata.Ready(e.Nodes)
 	})
 	if !ok {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("the metadata is not at %d up-to-date replicas a minute after the mesh was up: %+v", want, last.Metadata)
+		return fmt.Errorf("the metadata is not ready a minute after the mesh was up: %+v", last.Metadata)
 	}
 	e.Logf("metadata at %d replicas, leader %s, %.1fs after the mesh was up", last.Metadata.Replicas, last.Metadata.Leader, time.Since(t).Seconds())
 	return nil

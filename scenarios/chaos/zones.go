@@ -29,7 +29,7 @@ var Zones = Scenario{
 	Summary:  "nodes in zones with delay between them: copies spread over zones; cutting a whole zone off loses nothing and reads go on",
 	Defaults: Defaults{Nodes: 6, Size: 8 << 20, Duration: 20 * time.Second},
 	Flags: func(fs *flag.FlagSet) {
-		fs.IntVar(&zonesCount, "zones", 3, "zones to spread the nodes over (2 or 3)")
+		fs.IntVar(&zonesCount, "zones", 3, "zones to spread the nodes over (at least 2, with 2 nodes each)")
 		fs.DurationVar(&zonesDelay, "zone-delay", 50*time.Millisecond, "delay added to each packet between two zones, each way")
 	},
 	Run: runZones,
@@ -52,11 +52,7 @@ func runZones(ctx context.Context, e *Env) error {
 	for i, z := range zoneOf {
 		hosts[z] = append(hosts[z], e.Host(i))
 	}
-	zones := make([]string, 0, len(hosts))
-	for z := range hosts {
-		zones = append(zones, z)
-	}
-	slices.Sort(zones)
+	zones := slices.Sorted(maps.Keys(hosts))
 	for a := range zones {
 		for b := a + 1; b < len(zones); b++ {
 			if err := e.Net().ShapeBetween(hosts[zones[a]], hosts[zones[b]], netns.Shape{Delay: zonesDelay}); err != nil {
@@ -73,7 +69,10 @@ func runZones(ctx context.Context, e *Env) error {
 	}
 
 	// Cut off the zone with the fewest metadata replicas.
-	holders := e.MetaHolders()
+	holders, err := e.needMetaHolders()
+	if err != nil {
+		return err
+	}
 	cut, fewest := "", e.Nodes
 	for _, z := range zones {
 		n := 0

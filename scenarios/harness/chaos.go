@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"slices"
 	"syscall"
 	"time"
 )
@@ -48,19 +47,11 @@ func (m *Mesh) MountProcess(ctx context.Context, dir string, extra ...string) (p
 // MountProcessWith is MountProcess with the process made by command (see
 // MountWith).
 func (m *Mesh) MountProcessWith(ctx context.Context, command func(name string, args ...string) *exec.Cmd, dir string, extra ...string) (pid int, unmount func() error, err error) {
-	unmount, err = m.MountWith(ctx, command, dir, extra...)
+	cmd, unmount, err := m.mountWith(ctx, command, dir, extra...)
 	if err != nil {
 		return 0, nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, c := range slices.Backward(m.started) {
-		// The mount's own arguments may follow a wrapper's (nsenter).
-		if i := slices.Index(c.Args, "mount"); i > 0 && i+1 < len(c.Args) && c.Args[i+1] == dir {
-			return c.Process.Pid, unmount, nil
-		}
-	}
-	return 0, unmount, fmt.Errorf("mounted %s, but its process is not among those started", dir)
+	return cmd.Process.Pid, unmount, nil
 }
 
 // PIDs lists every process the harness started or learned of: 'meshfs

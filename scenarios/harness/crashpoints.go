@@ -1,13 +1,9 @@
 package harness
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -81,19 +77,19 @@ func (c *CrashPoints) killMount(ctx context.Context) error {
 	if err := syscall.Kill(c.pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill the mount (pid %d): %w", c.pid, err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); alive(c.pid); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the mount (pid %d) still alive 10s after SIGKILL", c.pid)
-		}
+	if err := WaitGone(c.pid, 10*time.Second); err != nil {
+		return fmt.Errorf("the mount after SIGKILL: %w", err)
 	}
 	if err := syscall.Unmount(c.dir, syscall.MNT_DETACH); err != nil {
 		return fmt.Errorf("detach the killed mount at %s: %w", c.dir, err)
 	}
 	c.unmount() // reaps the process; its error is the SIGKILL
-	var err error
-	if c.pid, c.unmount, err = c.m.MountProcess(ctx, c.dir, c.extra...); err != nil {
+	c.unmount = nil
+	pid, unmount, err := c.m.MountProcess(ctx, c.dir, c.extra...)
+	if err != nil {
 		return fmt.Errorf("mount again after the kill: %w", err)
 	}
+	c.pid, c.unmount = pid, unmount
 	return nil
 }
 
@@ -105,64 +101,24 @@ func (c *CrashPoints) restartDown(ctx context.Context) error {
 	}
 	i := c.down
 	c.down = -1
-	if err := <-c.killed; err != nil {
-		return err
+	if err := <-c.killed; err != nil && c.m.NodeAlive(i) {
+		return err // the kill failed: the node is up
 	}
 	if err := c.m.Restart(ctx, i); err != nil {
 		return err
 	}
-	return c.m.WaitMetadata(ctx, min(3, len(c.m.State.Nodes)), time.Minute)
+	_, err := c.m.WaitMetadata(ctx, time.Minute)
+	return err
 }
 
 // Close restarts a node still down and stops the mount under test.
 func (c *CrashPoints) Close(ctx context.Context) error {
 	err := c.restartDown(ctx)
+	if c.unmount == nil {
+		return err // a remount after a kill failed: nothing is mounted
+	}
 	if uerr := c.unmount(); uerr != nil && err == nil {
 		err = fmt.Errorf("stop the mount under test: %w", uerr)
 	}
 	return err
-}
-
-// WaitMetadata waits, for at most within, until 'meshfs status' run
-// against the live nodes shows the metadata with a leader and want
-// replicas, all up to date.
-func (m *Mesh) WaitMetadata(ctx context.Context, want int, within time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	var last string
-	for {
-		args := []string{"status", "--json", "--secret-file", m.State.SecretFile}
-		for _, n := range m.State.Nodes {
-			if alive(n.PID) {
-				args = append(args, "--join", n.HTTP)
-			}
-		}
-		var out, stderr bytes.Buffer
-		cmd := exec.CommandContext(ctx, m.Bin, args...)
-		cmd.Stdout, cmd.Stderr = &out, &stderr
-		if err := cmd.Run(); err != nil {
-			last = fmt.Sprintf("meshfs status: %v: %s", err, strings.TrimSpace(stderr.String()))
-		} else {
-			var st struct {
-				Metadata struct {
-					Replicas int    `json:"replicas"`
-					Current  int    `json:"current"`
-					Leader   string `json:"leader"`
-				} `json:"metadata"`
-			}
-			if err := json.Unmarshal(out.Bytes(), &st); err != nil {
-				return fmt.Errorf("meshfs status --json: %w", err)
-			}
-			md := st.Metadata
-			if md.Leader != "" && md.Replicas >= want && md.Current >= want {
-				return nil
-			}
-			last = fmt.Sprintf("%+v", md)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the metadata not at %d current replicas within %v (last: %s): %w", want, within, last, ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }

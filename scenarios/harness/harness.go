@@ -159,11 +159,19 @@ func (m *Mesh) Kill(i int) error {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill %s: %w", m.State.Nodes[i].Name, err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); alive(pid); {
+	if err := WaitGone(pid, 10*time.Second); err != nil {
+		return fmt.Errorf("%s after SIGKILL: %w", m.State.Nodes[i].Name, err)
+	}
+	return nil
+}
+
+// WaitGone waits until process pid has exited (or is a zombie), for at
+// most within.
+func WaitGone(pid int, within time.Duration) error {
+	for deadline := time.Now().Add(within); alive(pid); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s (pid %d) still alive 10s after SIGKILL", m.State.Nodes[i].Name, pid)
+			return fmt.Errorf("pid %d still alive after %v", pid, within)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
 }
@@ -297,6 +305,12 @@ func (m *Mesh) MountAgain(ctx context.Context, dir string, extra ...string) (fun
 // MountWith is MountAgain with the mount process made by command (for a
 // mount in a network namespace: see netns.Host.Command).
 func (m *Mesh) MountWith(ctx context.Context, command func(name string, args ...string) *exec.Cmd, dir string, extra ...string) (func() error, error) {
+	_, unmount, err := m.mountWith(ctx, command, dir, extra...)
+	return unmount, err
+}
+
+// mountWith is MountWith that also returns the mount's process.
+func (m *Mesh) mountWith(ctx context.Context, command func(name string, args ...string) *exec.Cmd, dir string, extra ...string) (*exec.Cmd, func() error, error) {
 	var joins []string
 	for _, n := range m.State.Nodes {
 		joins = append(joins, "--join", n.HTTP)
@@ -305,17 +319,17 @@ func (m *Mesh) MountWith(ctx context.Context, command func(name string, args ...
 	cmd := command(m.Bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	logPath := dir + ".mount.log"
 	lf, err := os.Create(logPath)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cmd.Stderr = lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	m.track(cmd)
 	done := make(chan error, 1)
@@ -332,12 +346,12 @@ func (m *Mesh) MountWith(ctx context.Context, command func(name string, args ...
 	case l := <-line:
 		m.logf("mount: %s", l)
 	case err := <-done:
-		return nil, fmt.Errorf("meshfs mount exited (%v): %s", err, tail(logPath))
+		return nil, nil, fmt.Errorf("meshfs mount exited (%v): %s", err, tail(logPath))
 	case <-ctx.Done():
 		cmd.Process.Kill()
-		return nil, fmt.Errorf("meshfs mount not ready: %w: %s", ctx.Err(), tail(logPath))
+		return nil, nil, fmt.Errorf("meshfs mount not ready: %w: %s", ctx.Err(), tail(logPath))
 	}
-	return func() error {
+	return cmd, func() error {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-done:

@@ -43,7 +43,6 @@ type Stats struct {
 type FS struct {
 	log        *slog.Logger
 	mountpoint string
-	backing    string
 	server     *fuse.Server
 	count      counters
 
@@ -76,7 +75,6 @@ func Mount(mountpoint, backing string, opts Options) (*FS, error) {
 	f := &FS{
 		log:        log.With("mountpoint", mountpoint),
 		mountpoint: mountpoint,
-		backing:    backing,
 		files:      make(map[fileID]*fileState),
 	}
 	lb := root.(*fs.LoopbackNode)

@@ -30,13 +30,13 @@ func (h *Host) IP() netip.Addr { return h.ip }
 // --net, setns(2) or 'ip netns exec'.
 func (h *Host) NetnsPath() string { return filepath.Join(netnsDir, h.netns) }
 
-// Command is exec.CommandContext for a program that runs in the host's
+// Command is exec.Command for a program that runs in the host's
 // network namespace and every other namespace of the caller: its mounts
 // (a FUSE mount it makes is seen by the whole machine), its PIDs, its
 // files. It runs through nsenter, which execs the program, so the Cmd's
 // Process is the program itself.
-func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + h.NetnsPath(), "--", name}, args...)...)
+func (h *Host) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + h.NetnsPath(), "--", name}, args...)...)
 }
 
 // InNetns calls fn on an OS thread that is in the host's network
@@ -76,15 +76,6 @@ func (h *Host) InNetns(fn func() error) error {
 		done <- fnErr
 	}()
 	return <-done
-}
-
-// Listen is net.Listen in the host's namespace.
-func (h *Host) Listen(network, address string) (l net.Listener, err error) {
-	err = h.InNetns(func() error {
-		l, err = net.Listen(network, address)
-		return err
-	})
-	return l, err
 }
 
 // ListenPacket is net.ListenPacket in the host's namespace.

@@ -14,14 +14,13 @@ import (
 	"time"
 )
 
-// DefaultMTU is the MTU of every TUN device of a Net unless MTU says
-// otherwise. The router's cost is per packet (a read and a write), so
+// tunMTU is the MTU of every TUN device of a Net. The router's cost is per packet (a read and a write), so
 // large packets move more bytes per second: on a 2-core machine a TCP
 // stream between two hosts moved about 0.4 GB/s at 1500, 1 GB/s at 9000
 // and 1.2 GB/s at 16384; 65000 (about the most TUN takes) was faster or
 // slower from run to run. 16384 is plenty, and keeps many packets in a
 // TCP window, so that loss and delay act on a stream as on a real link.
-const DefaultMTU = 16384
+const tunMTU = 16384
 
 // rootIndex is the last byte of the root namespace's address; hosts take
 // the bytes after it.
@@ -35,7 +34,6 @@ type Net struct {
 	log     *slog.Logger
 	subnet  netip.Prefix
 	network [3]byte // the first three bytes of every address of subnet
-	mtu     int
 	seed    uint64
 
 	// ports are the TUN devices, by the last byte of their address; the
@@ -63,10 +61,6 @@ type Option func(*Net)
 // Without it the seed is random.
 func Seed(seed uint64) Option { return func(n *Net) { n.seed = seed } }
 
-// MTU sets the MTU of every TUN device (576 to 65535; DefaultMTU if not
-// given).
-func MTU(mtu int) Option { return func(n *Net) { n.mtu = mtu } }
-
 var prefixPattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
 // New makes a Net named prefix (1 to 8 of a-z and 0-9): its namespaces are
@@ -85,15 +79,11 @@ func New(ctx context.Context, prefix string, logger *slog.Logger, opts ...Option
 	n := &Net{
 		prefix: prefix,
 		log:    logger.With("net", prefix),
-		mtu:    DefaultMTU,
 		seed:   rand.Uint64(),
 		stop:   make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(n)
-	}
-	if n.mtu < 576 || n.mtu > 65535 {
-		return nil, fmt.Errorf("new network %s: MTU %d not in [576, 65535]", prefix, n.mtu)
 	}
 	n.policy.Store(&policy{})
 
@@ -102,7 +92,7 @@ func New(ctx context.Context, prefix string, logger *slog.Logger, opts ...Option
 		return nil, fmt.Errorf("new network %s: %w", prefix, err)
 	}
 	n.start(root)
-	n.log.Info("network up", "subnet", n.subnet, "root", n.RootIP(), "dev", root.dev, "mtu", n.mtu, "seed", n.seed)
+	n.log.Info("network up", "subnet", n.subnet, "root", n.RootIP(), "dev", root.dev, "mtu", tunMTU, "seed", n.seed)
 	return n, nil
 }
 
@@ -150,7 +140,7 @@ func (n *Net) configureRoot(ctx context.Context, p *port) error {
 	if err := runIP(ctx, "address", "add", n.addr(p.index).String()+"/24", "dev", p.dev); err != nil {
 		return fmt.Errorf("configure root TUN device: %w", err)
 	}
-	if err := runIP(ctx, "link", "set", "dev", p.dev, "mtu", strconv.Itoa(n.mtu), "up"); err != nil {
+	if err := runIP(ctx, "link", "set", "dev", p.dev, "mtu", strconv.Itoa(tunMTU), "up"); err != nil {
 		return fmt.Errorf("configure root TUN device: %w", err)
 	}
 	return nil
@@ -167,13 +157,6 @@ func (n *Net) RootIP() netip.Addr { return n.addr(rootIndex) }
 
 // Subnet is the /24 of the network.
 func (n *Net) Subnet() netip.Prefix { return n.subnet }
-
-// Hosts returns the hosts added so far, in the order they were added.
-func (n *Net) Hosts() []*Host {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]*Host(nil), n.hosts...)
-}
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$`)
 
@@ -237,7 +220,7 @@ func (n *Net) makeHost(ctx context.Context, h *Host) (_ *port, err error) {
 		{"link", "set", "dev", dev, "netns", h.netns},
 		{"-n", h.netns, "link", "set", "dev", "lo", "up"},
 		{"-n", h.netns, "address", "add", h.ip.String() + "/24", "dev", dev},
-		{"-n", h.netns, "link", "set", "dev", dev, "mtu", strconv.Itoa(n.mtu), "up"},
+		{"-n", h.netns, "link", "set", "dev", dev, "mtu", strconv.Itoa(tunMTU), "up"},
 	}
 	for _, args := range steps {
 		if err := runIP(ctx, args...); err != nil {

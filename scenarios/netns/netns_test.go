@@ -112,7 +112,7 @@ func startEcho(t *testing.T, hosts ...*Host) {
 		t.Fatal(err)
 	}
 	for _, h := range hosts {
-		cmd := h.Command(context.Background(), exe, "-test.run=^$")
+		cmd := h.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), echoEnv+"=:"+echoPort)
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
@@ -253,7 +253,7 @@ func TestReachable(t *testing.T) {
 
 func TestCommandKeepsMountNamespace(t *testing.T) {
 	_, hosts := newNet(t, "a")
-	out, err := hosts[0].Command(t.Context(), "readlink", "/proc/self/ns/mnt", "/proc/self/ns/net").Output()
+	out, err := hosts[0].Command("readlink", "/proc/self/ns/mnt", "/proc/self/ns/net").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestCommandKeepsMountNamespace(t *testing.T) {
 	if len(ns) != 2 || ns[0] != mnt || ns[1] == netNS {
 		t.Errorf("in host: mnt, net = %q; here: %s, %s", ns, mnt, netNS)
 	}
-	out, err = hosts[0].Command(t.Context(), "ip", "-4", "-o", "address", "show").Output()
+	out, err = hosts[0].Command("ip", "-4", "-o", "address", "show").Output()
 	if err != nil || !strings.Contains(string(out), hosts[0].IP().String()+"/24") {
 		t.Errorf("addresses in host: %s, %v", out, err)
 	}
@@ -510,15 +510,18 @@ func TestCloseRemovesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
+	var hosts []*Host
 	for _, name := range []string{"a", "b"} {
-		if _, err := n.Add(t.Context(), name); err != nil {
+		h, err := n.Add(t.Context(), name)
+		if err != nil {
 			t.Fatal(err)
 		}
+		hosts = append(hosts, h)
 	}
-	if err := n.ShapeHost(n.Hosts()[0], Shape{Delay: time.Millisecond}); err != nil {
+	if err := n.ShapeHost(hosts[0], Shape{Delay: time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := udpEcho(from(nil), n.Hosts()[0], 50*time.Millisecond); err == nil {
+	if _, err := udpEcho(from(nil), hosts[0], 50*time.Millisecond); err == nil {
 		t.Error("an echo without an echo server")
 	}
 	if names := withPrefix(t, prefix); len(names) != 2 {
@@ -581,13 +584,13 @@ func TestRemoveStale(t *testing.T) {
 			}
 		})
 	}
-	if err := RemoveStale(t.Context(), prefix); err != nil {
+	if _, err := RemoveStale(t.Context(), prefix); err != nil {
 		t.Fatal(err)
 	}
 	if names := withPrefix(t, prefix); len(names) != 0 {
 		t.Errorf("left: %v", names)
 	}
-	if err := RemoveStale(t.Context(), ""); err == nil {
+	if _, err := RemoveStale(t.Context(), ""); err == nil {
 		t.Error("RemoveStale with an empty prefix")
 	}
 }

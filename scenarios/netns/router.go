@@ -72,7 +72,7 @@ func (n *Net) start(p *port) {
 func (n *Net) read(p *port) {
 	// One packet per read, never more than the MTU; the slack is for
 	// safety, a packet that does not fit would be cut short.
-	buf := make([]byte, n.mtu+256)
+	buf := make([]byte, tunMTU+256)
 	// Each reader has its own random source: no lock between readers, and
 	// a run with one seed draws the same losses for the same packets of
 	// each port.

@@ -13,7 +13,7 @@ import (
 
 // The /24 a Net uses is drawn at random from 10.0.0.0/8, so that Nets made
 // at the same time by different processes rarely draw the same one; New
-// checks again after it has claimed one (see claimedAlone).
+// checks again after it has claimed one (see conflicts, in claimSubnet).
 
 // routeTypes are the words 'ip route' may print before a route's
 // destination.

@@ -36,30 +36,32 @@ func Available() error {
 // prefix: the leftovers of a run that crashed before Close. It deletes the
 // namespaces of a Net still in use too, so call it when no run is going,
 // or with a prefix only dead runs used. Processes still inside them keep
-// them alive (anonymously) until they exit.
-func RemoveStale(ctx context.Context, prefix string) error {
+// them alive (anonymously) until they exit. It returns the names it found.
+func RemoveStale(ctx context.Context, prefix string) ([]string, error) {
 	if prefix == "" {
-		return errors.New("remove stale namespaces: empty prefix would match every namespace")
+		return nil, errors.New("remove stale namespaces: empty prefix would match every namespace")
 	}
 	entries, err := os.ReadDir(netnsDir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("remove stale namespaces %s*: %w", prefix, err)
+		return nil, fmt.Errorf("remove stale namespaces %s*: %w", prefix, err)
 	}
+	var found []string
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix) {
+			found = append(found, e.Name())
 			if err := runIP(ctx, "netns", "delete", e.Name()); err != nil {
 				errs = append(errs, fmt.Errorf("remove stale namespace %s: %w", e.Name(), err))
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return found, errors.Join(errs...)
 }
 
-// runIP runs the ip program and returns its output; an error carries the
+// runIP runs the ip program for its effect; an error carries the
 // command line and what ip wrote.
 func runIP(ctx context.Context, args ...string) error {
 	_, err := outputIP(ctx, args...)

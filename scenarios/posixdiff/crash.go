@@ -179,6 +179,9 @@ func (d *durability) after(s *Side, op Op, res Result) {
 		}
 	}
 	if op.Kind == KindOpen {
+		if op.Flags&unix.O_TRUNC == 0 {
+			return // only O_TRUNC changes the data
+		}
 		op = Op{Kind: KindFtruncate, Slot: op.Slot} // read it through the new handle
 	}
 	ino, read, ok := d.target(s, op)
@@ -236,7 +239,7 @@ func (r *Runner) crash(ctx context.Context, i int, op Op, under, ref *Side, dur 
 		return &Mismatch{Index: i, Where: AtCrash, Op: op, Tree: d, Names: names}
 	}
 	if !c.MountLost {
-		if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
+		if d := diffTrees(under, ref); d != nil {
 			return r.found(mismatch(d))
 		}
 		return nil, nil

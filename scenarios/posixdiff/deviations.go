@@ -26,10 +26,17 @@ func ParseDeviations(list string) ([]string, error) {
 		if name == "" {
 			continue
 		}
-		if _, ok := Deviations[name]; !ok {
-			return nil, fmt.Errorf("unknown deviation %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(Deviations)), ", "))
+		if err := checkDeviation(name); err != nil {
+			return nil, err
 		}
 		out = append(out, name)
 	}
 	return out, nil
+}
+
+func checkDeviation(name string) error {
+	if _, ok := Deviations[name]; !ok {
+		return fmt.Errorf("unknown deviation %q (known: %s)", name, strings.Join(slices.Sorted(maps.Keys(Deviations)), ", "))
+	}
+	return nil
 }

@@ -57,6 +57,7 @@ type Runner struct {
 	settle     bool
 	settleKind Kind
 	crashStats CrashStats
+	tolerate   map[string]bool // Config.Tolerate, shared by every Side
 }
 
 // CrashStats says what the crash mode did and checked so far.
@@ -67,8 +68,12 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if cfg.Slots <= 0 {
 		cfg.Slots = GenConfig{}.withDefaults().Slots
 	}
-	if _, err := ParseDeviations(strings.Join(cfg.Tolerate, ",")); err != nil {
-		return nil, fmt.Errorf("posixdiff: %w", err)
+	tolerate := make(map[string]bool)
+	for _, name := range cfg.Tolerate {
+		if err := checkDeviation(name); err != nil {
+			return nil, fmt.Errorf("posixdiff: %w", err)
+		}
+		tolerate[name] = true
 	}
 	for _, t := range []Tree{cfg.Under, cfg.Reference} {
 		st, err := os.Stat(t.Dir)
@@ -83,7 +88,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Runner{cfg: cfg, log: log}, nil
+	return &Runner{cfg: cfg, log: log, tolerate: tolerate}, nil
 }
 
 // Where a mismatch showed.
@@ -203,7 +208,7 @@ func (r *Runner) run(ctx context.Context, ops []Op, check func(i int) bool) (*Mi
 			}
 		}
 		if check(i) {
-			if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
+			if d := diffTrees(under, ref); d != nil {
 				return r.found(&Mismatch{Index: i, Where: AtTree, Op: op, Tree: d, Names: names})
 			}
 		}
@@ -217,7 +222,7 @@ func (r *Runner) run(ctx context.Context, ops []Op, check func(i int) bool) (*Mi
 	if last >= 0 {
 		lastOp = ops[last]
 	}
-	if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
+	if d := diffTrees(under, ref); d != nil {
 		return r.found(&Mismatch{Index: last, Where: AtTree, Op: lastOp, Tree: d, Names: names})
 	}
 	ca, cb := under.CloseAll(), ref.CloseAll()
@@ -226,7 +231,7 @@ func (r *Runner) run(ctx context.Context, ops []Op, check func(i int) bool) (*Mi
 			return r.found(&Mismatch{Index: last, Where: AtClose, Op: Op{Kind: KindClose, Slot: slot}, Under: ca[slot], Reference: cb[slot], Names: names})
 		}
 	}
-	if d := DiffSnapshots(Snapshot(under.Root()), Snapshot(ref.Root())); d != nil {
+	if d := diffTrees(under, ref); d != nil {
 		return r.found(&Mismatch{Index: last, Where: AtTree, Op: lastOp, Tree: d, Names: names})
 	}
 	return nil, nil
@@ -257,12 +262,12 @@ func (r *Runner) makeSide(t Tree, name string) (*Side, error) {
 	}
 	s := NewSide(t.Name, root, r.cfg.Slots)
 	s.settle, s.settleKind = r.settle, r.settleKind
-	s.tolerate = make(map[string]bool)
-	for _, name := range r.cfg.Tolerate {
-		s.tolerate[name] = true
-	}
+	s.tolerate = r.tolerate
 	return s, nil
 }
+
+// diffTrees compares the whole trees of two sides.
+func diffTrees(a, b *Side) *TreeDiff { return DiffSnapshots(Snapshot(a.Root()), Snapshot(b.Root())) }
 
 // Listing renders ops as numbered lines, for a report.
 func Listing(ops []Op) string {

@@ -18,7 +18,7 @@
 //     clients read it at once.
 //
 // The mesh is a 'meshfs up' this program starts in -work (-nodes nodes,
-// the metadata in min(nodes, 3) replicas, all current before it measures)
+// the metadata at 3 current replicas, or 1 below 3 nodes, before it measures)
 // and stops at the end; the second meshfs mount is a 'meshfs mount' of it.
 //
 // Each fs=… line gives the rates; the last line gives meshfs/passthrough

@@ -2,7 +2,7 @@
 // meshfs mount takes to show through another mount of the same mesh.
 //
 // The writer is the mount of a 'meshfs up' this program starts in -work
-// (-nodes nodes, the metadata in min(nodes, 3) replicas, all current before
+// (-nodes nodes, the metadata at 3 current replicas, or 1 below 3 nodes, before
 // it measures) and stops at the end. The observer is a second 'meshfs
 // mount' of it, started twice: first with the
 // default flags (--invalidate=true, a 10 s cache timeout: freshness comes

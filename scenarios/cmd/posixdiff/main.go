@@ -140,7 +140,7 @@ func run(ctx context.Context, o options, log *slog.Logger) (int, error) {
 		defer cleanup()
 		mount = m.Mount()
 		if o.crashEvery > 0 {
-			if err := m.WaitMetadata(ctx, 3, time.Minute); err != nil {
+			if _, err := m.WaitMetadata(ctx, time.Minute); err != nil {
 				return 0, err
 			}
 			mount = filepath.Join(m.Dir, "crash-mnt")
