@@ -64,7 +64,8 @@ func runZones(ctx context.Context, e *Env) error {
 	if err := e.WriteDataSet(ctx); err != nil {
 		return err
 	}
-	if !checkSpread(ctx, e, zoneOf, "before the cut") {
+	// Written with every zone up: spread at once.
+	if !checkSpread(ctx, e, zoneOf, "before the cut", 0) {
 		return nil
 	}
 
@@ -112,17 +113,38 @@ func runZones(ctx context.Context, e *Env) error {
 	e.Net().Heal()
 	healed := time.Now()
 	e.Finish(ctx, FinishOptions{Workload: w, HealSince: healed})
-	checkSpread(ctx, e, zoneOf, "after the heal")
+	// Blocks written while the zone was away have their copies in the
+	// other zones: R copies, so healed, but not spread until the planner
+	// moves one to its owner in the zone that came back.
+	checkSpread(ctx, e, zoneOf, "after the heal", e.HealTimeout)
 	return nil
 }
 
-// checkSpread checks that every block of a known file has copies in
-// min(R, zones) different zones, from the live nodes' own lists.
-func checkSpread(ctx context.Context, e *Env, zoneOf []string, when string) bool {
+// checkSpread checks, until it holds or within has passed, that every
+// block of a known file has copies in min(R, zones) different zones, from
+// the live nodes' own lists.
+func checkSpread(ctx context.Context, e *Env, zoneOf []string, when string, within time.Duration) bool {
+	t := time.Now()
+	for {
+		ok, last := spread(ctx, e, zoneOf, when)
+		switch {
+		case ok:
+			e.Logf("%s: %s, %.1fs after the check began", when, last, time.Since(t).Seconds())
+			e.Note("spread_"+strings.ReplaceAll(when, " ", "_")+"_s", fmt.Sprintf("%.1f", time.Since(t).Seconds()))
+			return true
+		case time.Since(t) >= within || !Sleep(ctx, time.Second):
+			e.Fail("%s: %s", when, last)
+			return false
+		}
+	}
+}
+
+// spread is one look of checkSpread: whether every block is spread, and
+// what was seen.
+func spread(ctx context.Context, e *Env, zoneOf []string, when string) (bool, string) {
 	inv, err := e.Inventory(ctx)
 	if err != nil {
-		e.Fail("inventory %s: %v", when, err)
-		return false
+		return false, fmt.Sprintf("inventory: %v", err)
 	}
 	zoneByName := map[string]string{}
 	distinct := map[string]bool{}
@@ -132,6 +154,7 @@ func checkSpread(ctx context.Context, e *Env, zoneOf []string, when string) bool
 	}
 	want := min(e.R(), len(distinct))
 	blocks, bad := 0, 0
+	var example string
 	for id := range e.Files.Blocks() {
 		seen := map[string]bool{}
 		for _, holder := range inv.Holders[id] {
@@ -140,18 +163,14 @@ func checkSpread(ctx context.Context, e *Env, zoneOf []string, when string) bool
 		blocks++
 		if len(seen) < want {
 			bad++
-			if bad <= 3 {
-				e.Logf("block %s %s: copies on %v, in %d zones (want %d)", id, when, inv.Holders[id], len(seen), want)
-			}
+			example = fmt.Sprintf("block %s has copies on %v", id, inv.Holders[id])
 		}
 	}
-	e.Note("blocks_in_"+strings.ReplaceAll(when, " ", "_")+"_spread", fmt.Sprintf("%d/%d", blocks-bad, blocks))
+	e.Note("blocks_"+strings.ReplaceAll(when, " ", "_")+"_spread", fmt.Sprintf("%d/%d", blocks-bad, blocks))
 	if bad > 0 {
-		e.Fail("%s: %d of %d blocks have copies in fewer than %d zones", when, bad, blocks, want)
-		return false
+		return false, fmt.Sprintf("%d of %d blocks have copies in fewer than %d zones (%s)", bad, blocks, want, example)
 	}
-	e.Logf("%s: all %d blocks have copies in %d zones", when, blocks, want)
-	return true
+	return true, fmt.Sprintf("all %d blocks have copies in %d zones", blocks, want)
 }
 
 func describeZones(zoneOf []string) string {
