@@ -133,7 +133,7 @@ func newTestMeshBlockSize(t *testing.T, blockSize int) *testMesh {
 		t.Fatalf("start nats: %v", err)
 	}
 	t.Cleanup(srv.Shutdown)
-	nc, err := natsd.Connect(ctx, []string{srv.ClientURL()}, secret, "fuse-test")
+	nc, err := natsd.Connect(ctx, []string{srv.ClientURL()}, secret, "fuse-test", nil)
 	if err != nil {
 		t.Fatalf("connect to nats: %v", err)
 	}

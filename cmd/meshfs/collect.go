@@ -51,7 +51,7 @@ func (r *metaRefs) open(ctx context.Context) (*meta.Store, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	nc, err := natsd.Connect(cctx, urls, r.token, r.client)
+	nc, err := natsd.Connect(cctx, urls, r.token, r.client, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -321,7 +321,7 @@ func (c *metaCluster) conn(ctx context.Context) (*nats.Conn, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	nc, err := natsd.Connect(cctx, []string{c.ns.ClientURL()}, c.secret, "meshfs node "+c.self+" metadata keeper")
+	nc, err := natsd.Connect(cctx, []string{c.ns.ClientURL()}, c.secret, "meshfs node "+c.self+" metadata keeper", nil)
 	if err != nil {
 		return nil, err
 	}

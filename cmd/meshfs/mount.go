@@ -118,7 +118,7 @@ func mountMesh(ctx context.Context, log *slog.Logger, cfg mountConfig) (*meshMou
 	if err != nil {
 		return nil, err
 	}
-	m.nc, err = natsd.Connect(jctx, urls, cfg.Secret.NATSToken(), "meshfs mount "+cfg.Mountpoint)
+	m.nc, err = natsd.Connect(jctx, urls, cfg.Secret.NATSToken(), "meshfs mount "+cfg.Mountpoint, log)
 	if err != nil {
 		return nil, err
 	}

@@ -187,7 +187,7 @@ func histConnect(t *testing.T, urls []string, want, name string) *nats.Conn {
 	t.Helper()
 	for try := 0; ; try++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		nc, err := natsd.Connect(ctx, urls, histSecret, name)
+		nc, err := natsd.Connect(ctx, urls, histSecret, name, nil)
 		cancel()
 		if err != nil {
 			t.Fatal(err)

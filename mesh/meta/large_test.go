@@ -635,7 +635,7 @@ func slowLink(t *testing.T, rate int) string {
 func TestLargeCommitOverSlowLink(t *testing.T) {
 	ctx := ctxLong(t)
 	const rate = 2 << 20
-	nc, err := natsd.Connect(ctx, []string{slowLink(t, rate)}, testSecret, t.Name())
+	nc, err := natsd.Connect(ctx, []string{slowLink(t, rate)}, testSecret, t.Name(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

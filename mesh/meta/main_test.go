@@ -53,7 +53,7 @@ func connect(t testing.TB) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := natsd.Connect(ctx, []string{testServer.url}, testSecret, t.Name())
+	nc, err := natsd.Connect(ctx, []string{testServer.url}, testSecret, t.Name(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func TestCallsWithoutDeadlineTimeOut(t *testing.T) {
 	ok(t, err)
 	defer srv.Shutdown()
 	ctx := ctxT(t)
-	nc, err := natsd.Connect(ctx, []string{srv.ClientURL()}, "k", t.Name())
+	nc, err := natsd.Connect(ctx, []string{srv.ClientURL()}, "k", t.Name(), nil)
 	ok(t, err)
 	defer nc.Close()
 	s, err := Open(ctx, nc, Options{BlockSize: testBlockSize, OpTimeout: 500 * time.Millisecond})

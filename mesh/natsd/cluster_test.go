@@ -49,7 +49,7 @@ func waitMetaGroup(t *testing.T, size int, ss ...*Server) time.Duration {
 
 func jsClient(t *testing.T, ctx context.Context, s *Server) jetstream.JetStream {
 	t.Helper()
-	nc, err := Connect(ctx, []string{s.ClientURL()}, "s3cret", "test")
+	nc, err := Connect(ctx, []string{s.ClientURL()}, "s3cret", "test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
