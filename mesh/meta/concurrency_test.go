@@ -1,11 +1,14 @@
 package meta
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Two stores (two mounts) on one bucket, 16 goroutines racing to make the
@@ -258,6 +261,33 @@ func TestResentBatchIsIdempotent(t *testing.T) {
 		// A different operation with the same stale expectations still conflicts.
 		if err := s.transmit(ctx, ops, randomID(), true); !errors.Is(err, errConflict) {
 			t.Fatalf("stale resend of another operation: %v, want a conflict", err)
+		}
+	}
+}
+
+// Which failures a commit sends again. "In process" (10158) is what a
+// resend gets while the stream is still storing its first copy, as after a
+// leader change in a clustered stream; failing the commit there turned an
+// fsync that went on to succeed into EIO.
+func TestTransientErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"no stream leader", &apiError{Code: 503, ErrCode: 10008}, true},
+		{"too many batches in flight", &apiError{Code: 429, ErrCode: errCodeBatchTooInflight}, true},
+		{"incomplete batch", &apiError{Code: 400, ErrCode: errCodeBatchIncomplete}, true},
+		{"first copy in process", fmt.Errorf("send: %w", &apiError{Code: 409, ErrCode: errCodeDupInProcess}), true},
+		{"lost reply", nats.ErrTimeout, true},
+		{"attempt deadline", context.DeadlineExceeded, true},
+		{"reconnecting", nats.ErrConnectionReconnecting, true},
+		{"conflict", fmt.Errorf("%w: wrong last sequence", errConflict), false},
+		{"wrong last sequence", &apiError{Code: 400, ErrCode: errCodeWrongLastSeq}, false},
+		{"message too large", &apiError{Code: 400, ErrCode: 10054}, false},
+	} {
+		if got := transient(tc.err); got != tc.want {
+			t.Errorf("%s: transient(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }

@@ -39,6 +39,7 @@ const (
 const (
 	errCodeNoMessage        = 10037
 	errCodeWrongLastSeq     = 10071
+	errCodeDupInProcess     = 10158 // a message with this id is being stored: a resend overtook its first copy
 	errCodeWrongLastSeqC    = 10164 // subject already written in this batch or in flight
 	errCodeBatchIncomplete  = 10176
 	errCodeBatchDuplicate   = 10201
@@ -82,8 +83,9 @@ type rawVal struct {
 
 // attempt runs fn under its own short deadline (per) and repeats it, with
 // backoff, while it fails in a way that another try can cure (no stream
-// leader yet, a lost reply, too many batches in flight), until ctx ends. fn
-// must be idempotent.
+// leader yet, a lost reply, too many batches in flight, a resend that finds
+// its first copy still being stored), until ctx ends. fn must be
+// idempotent.
 func (s *Store) attempt(ctx context.Context, per time.Duration, fn func(ctx context.Context) error) error {
 	backoff := 10 * time.Millisecond
 	for {
@@ -103,7 +105,11 @@ func (s *Store) attempt(ctx context.Context, per time.Duration, fn func(ctx cont
 func transient(err error) bool {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		return ae.Code == 503 || ae.ErrCode == errCodeBatchTooInflight || ae.ErrCode == errCodeBatchIncomplete
+		// A resend answered "in process" learns whether its first copy
+		// was stored only once the stream has decided: asked again, the
+		// stream answers duplicate (stored) or takes the resend.
+		return ae.Code == 503 || ae.ErrCode == errCodeBatchTooInflight || ae.ErrCode == errCodeBatchIncomplete ||
+			ae.ErrCode == errCodeDupInProcess
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionReconnecting)
