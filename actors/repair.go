@@ -402,6 +402,14 @@ func (r *Repairer) dropAll(ctx context.Context, members []mesh.Member, drops []D
 			r.log.Info("repair: keeping a surplus copy for now", "block", d.Block, "why", err)
 			continue
 		}
+		// A rotten copy dropped unread would be rot nobody saw: the
+		// scrubber is told of it instead (it counts and replaces it),
+		// and a later round drops the good copy.
+		if _, err := r.local.Get(ctx, d.Block); errors.Is(err, persist.ErrCorrupt) && r.cfg.Suspect != nil {
+			r.cfg.Suspect(d.Block)
+			r.log.Info("repair: keeping a surplus copy for now", "block", d.Block, "why", "it is corrupt; the scrubber replaces it first")
+			continue
+		}
 		if err := r.local.Delete(ctx, d.Block); err != nil {
 			r.mu.Lock()
 			r.stats.Failed++

@@ -19,6 +19,8 @@ type memStore struct {
 	mu     sync.Mutex
 	blocks map[persist.BlockID][]byte
 	badGet bool // every Get fails, as from a failing disk
+	// rotten blocks fail Get with persist.ErrCorrupt.
+	rotten map[persist.BlockID]bool
 }
 
 func (s *memStore) List(ctx context.Context, fn func(persist.BlockID, int) error) error {
@@ -46,6 +48,9 @@ func (s *memStore) Get(ctx context.Context, id persist.BlockID) ([]byte, error) 
 	b, ok := s.blocks[id]
 	if !ok {
 		return nil, persist.ErrNotFound
+	}
+	if s.rotten[id] {
+		return nil, fmt.Errorf("get block %s: %w", id, persist.ErrCorrupt)
 	}
 	return b, nil
 }
@@ -331,6 +336,54 @@ func TestRepairSourceWithUnreadableCopy(t *testing.T) {
 		t.Fatal("n3 was never the source of a copy: the test tests nothing")
 	}
 	t.Logf("n3 sourced %d copies from other nodes and reported its own copies", suspects)
+}
+
+// TestRepairDropsNoRottenCopyUnseen: a surplus copy that is rotten is not
+// dropped unread, which would hide the rot from the counts; the scrubber
+// is told of it, and the copy goes once it is good again.
+func TestRepairDropsNoRottenCopyUnseen(t *testing.T) {
+	const r = 3
+	m, ids := newMemMesh(t, 4, 50, r)
+	// n4 holds a surplus copy of each block it does not own (as after a
+	// hedged write), and one of them is rotten.
+	var surplus []persist.BlockID
+	for _, id := range ids {
+		if m.stores["n4"].has(id) {
+			continue
+		}
+		for _, st := range m.stores {
+			if b := st.blocks[id]; b != nil {
+				m.stores["n4"].blocks[id] = b
+			}
+		}
+		surplus = append(surplus, id)
+	}
+	if len(surplus) < 2 {
+		t.Fatalf("n4 owns %d of %d blocks: too few surplus copies to test", len(ids)-len(surplus), len(ids))
+	}
+	bad := surplus[0]
+	m.stores["n4"].rotten = map[persist.BlockID]bool{bad: true}
+	var suspects []persist.BlockID
+	m.repairers["n4"] = NewRepairer(m.stores["n4"], m, m, RepairConfig{Self: "n4", Replicas: r, RepairDelay: time.Hour, Rate: 1 << 40,
+		Suspect: func(id persist.BlockID) { suspects = append(suspects, id) }}, quietLog())
+	m.round(t, r, time.Hour, ids)
+	if len(suspects) != 1 || suspects[0] != bad {
+		t.Fatalf("the scrubber was told of %v, want only the rotten %s", suspects, bad)
+	}
+	if !m.stores["n4"].has(bad) {
+		t.Fatal("the rotten surplus copy was dropped unread")
+	}
+	for _, id := range surplus[1:] {
+		if m.stores["n4"].has(id) {
+			t.Fatalf("good surplus copy of %s kept", id)
+		}
+	}
+	// The scrubber replaced it: now it goes.
+	m.stores["n4"].mu.Lock()
+	m.stores["n4"].rotten = nil
+	m.stores["n4"].mu.Unlock()
+	m.round(t, r, time.Hour, ids)
+	m.checkOnOwners(t, r, ids)
 }
 
 // TestRepairSkipsGarbage: blocks the collector condemned are not copied

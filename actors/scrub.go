@@ -14,11 +14,15 @@ import (
 
 // ScrubStore is the node's own block store as the scrubber uses it.
 // Get must verify the content and fail with persist.ErrCorrupt on a
-// mismatch; Put must replace a corrupt copy with verified data.
+// mismatch; Replace must replace a corrupt copy with verified data.
+// CorruptReplaced counts the corrupt copies that others' writes of the
+// block replaced before the scrubber came to them (a peer's repair push):
+// they are rot found and repaired too.
 type ScrubStore interface {
 	List(ctx context.Context, fn func(id persist.BlockID, size int) error) error
 	Get(ctx context.Context, id persist.BlockID) ([]byte, error)
-	Put(ctx context.Context, id persist.BlockID, data []byte) error
+	Replace(ctx context.Context, id persist.BlockID, data []byte) error
+	CorruptReplaced() int64
 }
 
 // GoodCopies fetches a verified copy of a block from another node.
@@ -43,14 +47,15 @@ type ScrubConfig struct {
 
 // ScrubStats is what the scrubber reports.
 type ScrubStats struct {
-	Passes       int64     `json:"passes"`        // full passes completed
-	PassBlocks   int64     `json:"pass_blocks"`   // blocks in the current pass
-	PassChecked  int64     `json:"pass_checked"`  // of those, checked so far
-	Checked      int64     `json:"checked"`       // blocks verified, all passes
-	CheckedBytes int64     `json:"checked_bytes"` // bytes verified, all passes
-	Corrupt      int64     `json:"corrupt"`       // corrupt copies found
-	FoundByPass  int64     `json:"found_by_pass"` // of those, by the regular pass (the rest by client reports)
-	Repaired     int64     `json:"repaired"`      // of those, replaced by a good copy
+	Passes       int64     `json:"passes"`         // full passes completed
+	PassBlocks   int64     `json:"pass_blocks"`    // blocks in the current pass
+	PassChecked  int64     `json:"pass_checked"`   // of those, checked so far
+	Checked      int64     `json:"checked"`        // blocks verified, all passes
+	CheckedBytes int64     `json:"checked_bytes"`  // bytes verified, all passes
+	Corrupt      int64     `json:"corrupt"`        // corrupt copies found
+	FoundByPass  int64     `json:"found_by_pass"`  // of those, by the regular pass (the rest by client reports, or by writes)
+	FoundByWrite int64     `json:"found_by_write"` // of those, replaced by a write of the block before the scrubber came to it
+	Repaired     int64     `json:"repaired"`       // of those, replaced by a good copy
 	LastPass     time.Time `json:"last_pass,omitzero"`
 }
 
@@ -105,8 +110,12 @@ func (s *Scrubber) Check(id persist.BlockID) {
 // Stats returns a snapshot of the counters.
 func (s *Scrubber) Stats() ScrubStats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stats
+	st := s.stats
+	s.mu.Unlock()
+	st.FoundByWrite = s.store.CorruptReplaced()
+	st.Corrupt += st.FoundByWrite
+	st.Repaired += st.FoundByWrite
+	return st
 }
 
 // Run scrubs pass after pass until ctx ends.
@@ -242,7 +251,7 @@ func (s *Scrubber) verify(ctx context.Context, id persist.BlockID, byPass bool) 
 	defer cancel()
 	good, err := s.copies.Fetch(fctx, id)
 	if err == nil {
-		err = s.store.Put(fctx, id, good)
+		err = s.store.Replace(fctx, id, good)
 	}
 	s.mu.Lock()
 	if err != nil {

@@ -114,8 +114,8 @@ func TestScrubFindsAndRepairsEveryCorruptBlockInOnePass(t *testing.T) {
 	if st.Passes < 1 {
 		t.Fatalf("no full pass within 20s: %+v", st)
 	}
-	if st.Corrupt != 20 || st.Repaired != 20 || st.Checked != 60 {
-		t.Fatalf("one pass: %+v; want 60 checked, 20 corrupt, 20 repaired", st)
+	if st.Corrupt != 20 || st.Repaired != 20 || st.Checked != 60 || st.FoundByWrite != 0 {
+		t.Fatalf("one pass: %+v; want 60 checked, 20 corrupt, 20 repaired, none by a write", st)
 	}
 	for id, want := range blocks {
 		got, err := s.Get(context.Background(), id)
@@ -224,5 +224,43 @@ func TestScrubUnrepairableBlockDoesNotLoop(t *testing.T) {
 	}
 	if st := sc.Stats(); st.Repaired != 0 || st.Corrupt < 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestScrubCountsRotHealedByAWrite: a peer's repair push (a Put) that lands
+// on a rotten copy before the scrubber comes to it heals the rot; the
+// scrubber's counts show it as found and repaired, and the pass finds
+// nothing more.
+func TestScrubCountsRotHealedByAWrite(t *testing.T) {
+	dir := t.TempDir()
+	s, blocks := storeWithBlocks(t, dir, 4, 32<<10)
+	var rotten persist.BlockID
+	for id := range blocks {
+		rotten = id
+		break
+	}
+	s.Close()
+	rot(t, dir, []persist.BlockID{rotten})
+	s, err := persist.Open(dir, persist.Options{ClusterID: "c", BlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Put(context.Background(), rotten, blocks[rotten]); err != nil {
+		t.Fatal(err)
+	}
+	sc := NewScrubber(s, &goodCopies{blocks: blocks}, ScrubConfig{Period: time.Second, MaxRate: 64 << 20, Pause: time.Hour}, quietLog())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- sc.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for sc.Stats().Passes < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	st := sc.Stats()
+	if st.Passes < 1 || st.Corrupt != 1 || st.FoundByWrite != 1 || st.FoundByPass != 0 || st.Repaired != 1 || st.Checked != 4 {
+		t.Fatalf("after a write healed one rotten copy, one pass: %+v; want 1 corrupt, found by the write, 1 repaired, 4 checked", st)
 	}
 }

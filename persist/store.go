@@ -100,6 +100,8 @@ type Store struct {
 	// block; they are derived at Open and adjusted after each commit.
 	blocks atomic.Int64
 	bytes  atomic.Int64
+	// corruptReplaced counts corrupt copies Put replaced (see Put).
+	corruptReplaced atomic.Int64
 
 	// now is the clock put times are taken from; tests replace it to step
 	// past putTimeRefresh without sleeping.
@@ -308,7 +310,26 @@ func putTimeStale(times *bolt.Bucket, id BlockID, now time.Time) bool {
 // is already present is cheap: it only rewrites the put time when the stored
 // one is more than a minute (putTimeRefresh) old, so the put time may be up
 // to a minute older than the last Put.
+//
+// A stored copy whose bytes differ from data is corrupt (data was just
+// verified against id): Put replaces it and counts it in CorruptReplaced,
+// so that rot healed by a peer's repair push is not healed unseen.
 func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
+	return s.put(ctx, id, data, true)
+}
+
+// Replace is Put for a caller that found the stored copy corrupt and has
+// counted it itself (the scrubber): the replacement is not counted in
+// CorruptReplaced.
+func (s *Store) Replace(ctx context.Context, id BlockID, data []byte) error {
+	return s.put(ctx, id, data, false)
+}
+
+// CorruptReplaced returns how many corrupt copies Put has replaced since
+// Open.
+func (s *Store) CorruptReplaced() int64 { return s.corruptReplaced.Load() }
+
+func (s *Store) put(ctx context.Context, id BlockID, data []byte, countCorrupt bool) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put block %s: %w", id, err)
 	}
@@ -337,10 +358,11 @@ func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 	}
 
 	var addBlocks, addBytes int64
+	var replaced bool
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		// Batch may run this more than once; results only count from the
 		// last run, so start clean.
-		addBlocks, addBytes = 0, 0
+		addBlocks, addBytes, replaced = 0, 0, false
 		b, times := tx.Bucket(bucketBlocks), tx.Bucket(bucketPutTimes)
 		// The time is taken inside the tx, as close to the commit as
 		// possible, so that it is never earlier than need be.
@@ -354,7 +376,7 @@ func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 				}
 				return times.Put(id[:], encodePutTime(now))
 			}
-			addBytes = int64(len(data) - len(old))
+			addBytes, replaced = int64(len(data)-len(old)), true
 		} else {
 			addBlocks, addBytes = 1, int64(len(data))
 		}
@@ -368,6 +390,9 @@ func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 	}
 	s.blocks.Add(addBlocks)
 	s.bytes.Add(addBytes)
+	if replaced && countCorrupt {
+		s.corruptReplaced.Add(1)
+	}
 	return nil
 }
 

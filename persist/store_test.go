@@ -203,6 +203,27 @@ func TestCorruptBlock(t *testing.T) {
 	if blocks, nbytes := s.Stats(); blocks != 1 || nbytes != int64(len(data)) {
 		t.Fatalf("Stats after repair = %d, %d; want 1, %d", blocks, nbytes, len(data))
 	}
+	// The Put found the copy corrupt: that is counted, once; a Put of
+	// the now good copy is not.
+	if err := s.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CorruptReplaced(); n != 1 {
+		t.Fatalf("CorruptReplaced after a Put over a corrupt copy = %d, want 1", n)
+	}
+	// Replace repairs without counting: its caller counted the rot.
+	s.Close()
+	flipStoredByte(t, dir, id, 99)
+	s = openTest(t, dir)
+	if err := s.Replace(ctx, id, data); err != nil {
+		t.Fatalf("Replace: %v", err)
+	}
+	if got, err := s.Get(ctx, id); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Get after Replace = %d bytes, %v", len(got), err)
+	}
+	if n := s.CorruptReplaced(); n != 0 {
+		t.Fatalf("CorruptReplaced after Replace = %d, want 0", n)
+	}
 }
 
 func TestReopen(t *testing.T) {

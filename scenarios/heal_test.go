@@ -29,6 +29,7 @@ type meshStatus struct {
 	Scrub struct {
 		Corrupt  int64 `json:"corrupt"`
 		ByPass   int64 `json:"found_by_pass"`
+		ByWrite  int64 `json:"found_by_write"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`
 	Metadata struct {

@@ -28,6 +28,7 @@ type Status struct {
 	Scrub struct {
 		Corrupt  int64 `json:"corrupt"`
 		ByPass   int64 `json:"found_by_pass"`
+		ByWrite  int64 `json:"found_by_write"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`
 	Metadata harness.Metadata `json:"metadata"`
