@@ -30,6 +30,12 @@ import (
 // readyTimeout bounds how long Start waits for the client listener.
 const readyTimeout = 10 * time.Second
 
+// unackedTimeout is how long data a client sent to its server may go
+// unacknowledged before the connection is given up (see boundUnacked).
+// Retransmissions on a lossy but working link are acknowledged well within
+// it.
+const unackedTimeout = 5 * time.Second
+
 // Config configures one embedded server.
 type Config struct {
 	Name   string // server name (unique per node)
@@ -327,13 +333,20 @@ func Connect(ctx context.Context, urls []string, secret, name string, log *slog.
 			nats.MaxReconnects(-1),
 			nats.ReconnectWait(250 * time.Millisecond),
 			nats.Timeout(timeout),
-			// Notice a silently dead server (power loss, partition, a
-			// zone cut off) in 3 to 4 s rather than the default minutes:
-			// until then every metadata call waits on a connection that
-			// cannot answer. A false alarm on a busy machine costs only a
-			// reconnect, which the callers' retries ride out.
+			// A silently dead server (power loss, partition, a zone cut
+			// off) holds every metadata call until the connection is
+			// given up. The pings keep data in flight, so the kernel
+			// gives up on it after unackedTimeout without an
+			// acknowledgement (boundUnacked): 5 to 6 s. Unanswered pings
+			// are only the backstop, for a server whose kernel still
+			// acknowledges (a hung process): they are many, because a
+			// ping waits behind every byte queued ahead of it, and a
+			// large commit over a slow link queues megabytes (4 MB at
+			// 512 KiB/s is 8 s); three pings a second apart cut such
+			// commits off, again at each resend.
 			nats.PingInterval(time.Second),
-			nats.MaxPingsOutstanding(3),
+			nats.MaxPingsOutstanding(20),
+			nats.SetCustomDialer(&net.Dialer{Timeout: timeout, Control: boundUnacked}),
 		}
 		// The server lost is no longer the connection's by the time the
 		// disconnect is reported, so it is remembered here.
@@ -341,6 +354,9 @@ func Connect(ctx context.Context, urls []string, secret, name string, log *slog.
 		if log != nil {
 			opts = append(opts,
 				nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+					if c.IsClosed() {
+						return // closed by its owner
+					}
 					lost := ""
 					if p := server.Load(); p != nil {
 						lost = *p
@@ -348,9 +364,12 @@ func Connect(ctx context.Context, urls []string, secret, name string, log *slog.
 					log.Warn("lost the metadata server; reconnecting", "server", lost, "err", err)
 				}),
 				nats.ReconnectHandler(func(c *nats.Conn) {
-					u := c.ConnectedUrlRedacted()
-					server.Store(&u)
-					log.Info("reconnected to a metadata server", "server", u)
+					// "" when the connection was lost again before this
+					// ran: the server lost is still the one stored.
+					if u := c.ConnectedUrlRedacted(); u != "" {
+						server.Store(&u)
+						log.Info("reconnected to a metadata server", "server", u)
+					}
 				}))
 		}
 		if secret != "" {
