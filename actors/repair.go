@@ -62,6 +62,10 @@ type RepairConfig struct {
 	// Suspect, if set, is told of a local copy that could not be read (the
 	// scrubber's Check, which replaces it).
 	Suspect func(id persist.BlockID)
+	// Dropped, if set, is told of a rotten surplus copy the repairer
+	// dropped (the scrubber's Dropped, which counts the rot): the owners
+	// hold the block, so the copy needs no repair.
+	Dropped func(id persist.BlockID)
 	// Skip, if set, names blocks not to copy: garbage the collector found
 	// unreferenced, which repair must not bring back.
 	Skip func(id persist.BlockID) bool
@@ -402,13 +406,14 @@ func (r *Repairer) dropAll(ctx context.Context, members []mesh.Member, drops []D
 			r.log.Info("repair: keeping a surplus copy for now", "block", d.Block, "why", err)
 			continue
 		}
-		// A rotten copy dropped unread would be rot nobody saw: the
-		// scrubber is told of it instead (it counts and replaces it),
-		// and a later round drops the good copy.
-		if _, err := r.local.Get(ctx, d.Block); errors.Is(err, persist.ErrCorrupt) && r.cfg.Suspect != nil {
-			r.cfg.Suspect(d.Block)
-			r.log.Info("repair: keeping a surplus copy for now", "block", d.Block, "why", "it is corrupt; the scrubber replaces it first")
-			continue
+		// A rotten copy dropped unread would be rot nobody counted. The
+		// read costs what the copy that made the surplus cost, and far
+		// less than scrubbing the copy for as long as it stayed.
+		if r.cfg.Dropped != nil {
+			if _, err := r.local.Get(ctx, d.Block); errors.Is(err, persist.ErrCorrupt) {
+				r.log.Warn("repair: the surplus copy being dropped is corrupt", "block", d.Block)
+				r.cfg.Dropped(d.Block)
+			}
 		}
 		if err := r.local.Delete(ctx, d.Block); err != nil {
 			r.mu.Lock()

@@ -338,9 +338,9 @@ func TestRepairSourceWithUnreadableCopy(t *testing.T) {
 	t.Logf("n3 sourced %d copies from other nodes and reported its own copies", suspects)
 }
 
-// TestRepairDropsNoRottenCopyUnseen: a surplus copy that is rotten is not
-// dropped unread, which would hide the rot from the counts; the scrubber
-// is told of it, and the copy goes once it is good again.
+// TestRepairDropsNoRottenCopyUnseen: a surplus copy is read before it is
+// dropped, and a rotten one is reported as it goes, so the rot is counted;
+// good ones go without a report.
 func TestRepairDropsNoRottenCopyUnseen(t *testing.T) {
 	const r = 3
 	m, ids := newMemMesh(t, 4, 50, r)
@@ -363,27 +363,15 @@ func TestRepairDropsNoRottenCopyUnseen(t *testing.T) {
 	}
 	bad := surplus[0]
 	m.stores["n4"].rotten = map[persist.BlockID]bool{bad: true}
-	var suspects []persist.BlockID
+	var mu sync.Mutex
+	var dropped []persist.BlockID
 	m.repairers["n4"] = NewRepairer(m.stores["n4"], m, m, RepairConfig{Self: "n4", Replicas: r, RepairDelay: time.Hour, Rate: 1 << 40,
-		Suspect: func(id persist.BlockID) { suspects = append(suspects, id) }}, quietLog())
-	m.round(t, r, time.Hour, ids)
-	if len(suspects) != 1 || suspects[0] != bad {
-		t.Fatalf("the scrubber was told of %v, want only the rotten %s", suspects, bad)
-	}
-	if !m.stores["n4"].has(bad) {
-		t.Fatal("the rotten surplus copy was dropped unread")
-	}
-	for _, id := range surplus[1:] {
-		if m.stores["n4"].has(id) {
-			t.Fatalf("good surplus copy of %s kept", id)
-		}
-	}
-	// The scrubber replaced it: now it goes.
-	m.stores["n4"].mu.Lock()
-	m.stores["n4"].rotten = nil
-	m.stores["n4"].mu.Unlock()
+		Dropped: func(id persist.BlockID) { mu.Lock(); dropped = append(dropped, id); mu.Unlock() }}, quietLog())
 	m.round(t, r, time.Hour, ids)
 	m.checkOnOwners(t, r, ids)
+	if len(dropped) != 1 || dropped[0] != bad {
+		t.Fatalf("rotten copies reported as dropped: %v, want only %s", dropped, bad)
+	}
 }
 
 // TestRepairSkipsGarbage: blocks the collector condemned are not copied

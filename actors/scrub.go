@@ -15,14 +15,15 @@ import (
 // ScrubStore is the node's own block store as the scrubber uses it.
 // Get must verify the content and fail with persist.ErrCorrupt on a
 // mismatch; Replace must replace a corrupt copy with verified data.
-// CorruptReplaced counts the corrupt copies that others' writes of the
-// block replaced before the scrubber came to them (a peer's repair push):
-// they are rot found and repaired too.
+// TakeCorruptReplaced returns (once each) the blocks whose corrupt copy
+// another write of the block replaced: a client's, a hedged write's, a
+// peer's repair push. Those are rot found and repaired too, counted once
+// with any the scrubber found itself.
 type ScrubStore interface {
 	List(ctx context.Context, fn func(id persist.BlockID, size int) error) error
 	Get(ctx context.Context, id persist.BlockID) ([]byte, error)
 	Replace(ctx context.Context, id persist.BlockID, data []byte) error
-	CorruptReplaced() int64
+	TakeCorruptReplaced() []persist.BlockID
 }
 
 // GoodCopies fetches a verified copy of a block from another node.
@@ -54,8 +55,9 @@ type ScrubStats struct {
 	CheckedBytes int64     `json:"checked_bytes"`  // bytes verified, all passes
 	Corrupt      int64     `json:"corrupt"`        // corrupt copies found
 	FoundByPass  int64     `json:"found_by_pass"`  // of those, by the regular pass (the rest by client reports, or by writes)
-	FoundByWrite int64     `json:"found_by_write"` // of those, replaced by a write of the block before the scrubber came to it
-	Repaired     int64     `json:"repaired"`       // of those, replaced by a good copy
+	FoundByWrite int64     `json:"found_by_write"` // of those, replaced by a write of the block before the scrubber found them
+	FoundByDrop  int64     `json:"found_by_drop"`  // of those, surplus copies found corrupt as they were dropped (and counted repaired)
+	Repaired     int64     `json:"repaired"`       // of those, replaced by a good copy (or dropped as surplus)
 	LastPass     time.Time `json:"last_pass,omitzero"`
 }
 
@@ -71,6 +73,10 @@ type Scrubber struct {
 
 	mu    sync.Mutex
 	stats ScrubStats
+	// pending holds the blocks counted corrupt and not repaired yet: a
+	// write that replaces one of them completes its repair, and one
+	// found corrupt again is not counted again.
+	pending map[persist.BlockID]bool
 	// failed remembers blocks that could not be repaired, so reports of
 	// them (two nodes with bad copies report each other) do not loop; the
 	// regular pass still tries them once per pass.
@@ -94,7 +100,8 @@ func NewScrubber(store ScrubStore, copies GoodCopies, cfg ScrubConfig, log *slog
 	if cfg.Pause <= 0 {
 		cfg.Pause = max(cfg.Period/10, time.Second)
 	}
-	return &Scrubber{store: store, copies: copies, cfg: cfg, log: log, urgent: make(chan persist.BlockID, 1024), failed: map[persist.BlockID]time.Time{}}
+	return &Scrubber{store: store, copies: copies, cfg: cfg, log: log, urgent: make(chan persist.BlockID, 1024),
+		pending: map[persist.BlockID]bool{}, failed: map[persist.BlockID]time.Time{}}
 }
 
 // Check asks for one block to be verified soon, ahead of the pass (a
@@ -110,12 +117,37 @@ func (s *Scrubber) Check(id persist.BlockID) {
 // Stats returns a snapshot of the counters.
 func (s *Scrubber) Stats() ScrubStats {
 	s.mu.Lock()
-	st := s.stats
-	s.mu.Unlock()
-	st.FoundByWrite = s.store.CorruptReplaced()
-	st.Corrupt += st.FoundByWrite
-	st.Repaired += st.FoundByWrite
-	return st
+	defer s.mu.Unlock()
+	s.takeReplacedLocked()
+	return s.stats
+}
+
+// Dropped counts a rotten copy that was deleted rather than repaired (a
+// surplus copy, whose block its owners hold): found, and resolved.
+func (s *Scrubber) Dropped(id persist.BlockID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.pending[id] {
+		s.stats.Corrupt++
+		s.stats.FoundByDrop++
+	}
+	delete(s.pending, id)
+	delete(s.failed, id)
+	s.stats.Repaired++
+}
+
+// takeReplacedLocked counts the corrupt copies others' writes replaced: as
+// the repair of one already counted, else as found and repaired.
+func (s *Scrubber) takeReplacedLocked() {
+	for _, id := range s.store.TakeCorruptReplaced() {
+		if !s.pending[id] {
+			s.stats.Corrupt++
+			s.stats.FoundByWrite++
+		}
+		delete(s.pending, id)
+		delete(s.failed, id)
+		s.stats.Repaired++
+	}
 }
 
 // Run scrubs pass after pass until ctx ends.
@@ -234,16 +266,25 @@ func (s *Scrubber) verify(ctx context.Context, id persist.BlockID, byPass bool) 
 		s.mu.Unlock()
 		return
 	case errors.Is(err, persist.ErrNotFound):
-		return // deleted since it was listed
+		// Deleted since it was listed (or since it was found corrupt).
+		s.mu.Lock()
+		delete(s.pending, id)
+		delete(s.failed, id)
+		s.mu.Unlock()
+		return
 	case !errors.Is(err, persist.ErrCorrupt):
 		s.log.Warn("scrub: read block", "block", id, "err", err)
 		return
 	}
 	s.mu.Lock()
 	s.stats.Checked++
-	s.stats.Corrupt++
-	if byPass {
-		s.stats.FoundByPass++
+	s.takeReplacedLocked()
+	if !s.pending[id] {
+		s.pending[id] = true
+		s.stats.Corrupt++
+		if byPass {
+			s.stats.FoundByPass++
+		}
 	}
 	s.mu.Unlock()
 	s.log.Warn("scrub: corrupt copy found; fetching a good one", "block", id)
@@ -254,9 +295,16 @@ func (s *Scrubber) verify(ctx context.Context, id persist.BlockID, byPass bool) 
 		err = s.store.Replace(fctx, id, good)
 	}
 	s.mu.Lock()
-	if err != nil {
+	// A write of the block may have replaced the copy meanwhile, and
+	// counted the repair.
+	s.takeReplacedLocked()
+	switch {
+	case !s.pending[id]:
+		err = nil
+	case err != nil:
 		s.failed[id] = time.Now()
-	} else {
+	default:
+		delete(s.pending, id)
 		delete(s.failed, id)
 		s.stats.Repaired++
 	}

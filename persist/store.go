@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -100,8 +101,10 @@ type Store struct {
 	// block; they are derived at Open and adjusted after each commit.
 	blocks atomic.Int64
 	bytes  atomic.Int64
-	// corruptReplaced counts corrupt copies Put replaced (see Put).
-	corruptReplaced atomic.Int64
+	// replacedMu guards replaced: the blocks whose corrupt copy a Put
+	// replaced, not yet taken by TakeCorruptReplaced.
+	replacedMu sync.Mutex
+	replaced   []BlockID
 
 	// now is the clock put times are taken from; tests replace it to step
 	// past putTimeRefresh without sleeping.
@@ -312,24 +315,30 @@ func putTimeStale(times *bolt.Bucket, id BlockID, now time.Time) bool {
 // to a minute older than the last Put.
 //
 // A stored copy whose bytes differ from data is corrupt (data was just
-// verified against id): Put replaces it and counts it in CorruptReplaced,
-// so that rot healed by a peer's repair push is not healed unseen.
+// verified against id): Put replaces it and records the block for
+// TakeCorruptReplaced, so that rot healed by another node's write is not
+// healed unseen.
 func (s *Store) Put(ctx context.Context, id BlockID, data []byte) error {
 	return s.put(ctx, id, data, true)
 }
 
-// Replace is Put for a caller that found the stored copy corrupt and has
-// counted it itself (the scrubber): the replacement is not counted in
-// CorruptReplaced.
+// Replace is Put for a caller that found the stored copy corrupt and
+// accounts for it itself (the scrubber): a replacement is not recorded.
 func (s *Store) Replace(ctx context.Context, id BlockID, data []byte) error {
 	return s.put(ctx, id, data, false)
 }
 
-// CorruptReplaced returns how many corrupt copies Put has replaced since
-// Open.
-func (s *Store) CorruptReplaced() int64 { return s.corruptReplaced.Load() }
+// TakeCorruptReplaced returns the blocks whose corrupt copy a Put replaced
+// since the last call, and forgets them.
+func (s *Store) TakeCorruptReplaced() []BlockID {
+	s.replacedMu.Lock()
+	defer s.replacedMu.Unlock()
+	ids := s.replaced
+	s.replaced = nil
+	return ids
+}
 
-func (s *Store) put(ctx context.Context, id BlockID, data []byte, countCorrupt bool) error {
+func (s *Store) put(ctx context.Context, id BlockID, data []byte, record bool) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put block %s: %w", id, err)
 	}
@@ -390,8 +399,10 @@ func (s *Store) put(ctx context.Context, id BlockID, data []byte, countCorrupt b
 	}
 	s.blocks.Add(addBlocks)
 	s.bytes.Add(addBytes)
-	if replaced && countCorrupt {
-		s.corruptReplaced.Add(1)
+	if replaced && record {
+		s.replacedMu.Lock()
+		s.replaced = append(s.replaced, id)
+		s.replacedMu.Unlock()
 	}
 	return nil
 }

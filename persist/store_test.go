@@ -203,15 +203,18 @@ func TestCorruptBlock(t *testing.T) {
 	if blocks, nbytes := s.Stats(); blocks != 1 || nbytes != int64(len(data)) {
 		t.Fatalf("Stats after repair = %d, %d; want 1, %d", blocks, nbytes, len(data))
 	}
-	// The Put found the copy corrupt: that is counted, once; a Put of
+	// The Put found the copy corrupt: that is recorded, once; a Put of
 	// the now good copy is not.
 	if err := s.Put(ctx, id, data); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.CorruptReplaced(); n != 1 {
-		t.Fatalf("CorruptReplaced after a Put over a corrupt copy = %d, want 1", n)
+	if got := s.TakeCorruptReplaced(); len(got) != 1 || got[0] != id {
+		t.Fatalf("TakeCorruptReplaced after a Put over a corrupt copy = %v, want [%s]", got, id)
 	}
-	// Replace repairs without counting: its caller counted the rot.
+	if got := s.TakeCorruptReplaced(); len(got) != 0 {
+		t.Fatalf("TakeCorruptReplaced a second time = %v, want none", got)
+	}
+	// Replace repairs without recording: its caller accounts for the rot.
 	s.Close()
 	flipStoredByte(t, dir, id, 99)
 	s = openTest(t, dir)
@@ -221,8 +224,8 @@ func TestCorruptBlock(t *testing.T) {
 	if got, err := s.Get(ctx, id); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("Get after Replace = %d bytes, %v", len(got), err)
 	}
-	if n := s.CorruptReplaced(); n != 0 {
-		t.Fatalf("CorruptReplaced after Replace = %d, want 0", n)
+	if got := s.TakeCorruptReplaced(); len(got) != 0 {
+		t.Fatalf("TakeCorruptReplaced after Replace = %v, want none", got)
 	}
 }
 

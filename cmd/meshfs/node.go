@@ -268,7 +268,7 @@ func runNode(args []string) error {
 	repairer := actors.NewRepairer(store, client, members, actors.RepairConfig{
 		Self: state.Name, Replicas: state.Replicas, RepairDelay: *repairDelay,
 		Rate: *repairRate, Concurrency: *repairConcurrency, Interval: *repairInterval,
-		Fetch: others.Read, Suspect: scrubber.Check, Skip: collector.IsGarbage,
+		Fetch: others.Read, Suspect: scrubber.Check, Dropped: scrubber.Dropped, Skip: collector.IsGarbage,
 	}, log.With("actor", "repair"))
 	sup.Start("repair", repairer)
 

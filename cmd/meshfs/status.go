@@ -39,7 +39,8 @@ type statusScrub struct {
 	Passes   int64   `json:"passes"`         // fewest full passes of any node
 	Corrupt  int64   `json:"corrupt"`        // corrupt copies found
 	ByPass   int64   `json:"found_by_pass"`  // of those, by the nodes' scrub passes
-	ByWrite  int64   `json:"found_by_write"` // of those, replaced by a write of the block (a peer's repair push) before a scrub came to them; the rest were reported by readers
+	ByWrite  int64   `json:"found_by_write"` // of those, replaced by a write of the block before a scrub found them
+	ByDrop   int64   `json:"found_by_drop"`  // of those, surplus copies found rotten as repair dropped them; the rest were reported by readers
 	Repaired int64   `json:"repaired"`       // of those, replaced
 }
 
@@ -218,6 +219,7 @@ func gatherStatus(ctx context.Context, client *blocknet.Client, info blocknet.Cl
 					rep.Scrub.Corrupt += na.Scrub.Corrupt
 					rep.Scrub.ByPass += na.Scrub.FoundByPass
 					rep.Scrub.ByWrite += na.Scrub.FoundByWrite
+					rep.Scrub.ByDrop += na.Scrub.FoundByDrop
 					rep.Scrub.Repaired += na.Scrub.Repaired
 					passBlocks += na.Scrub.PassBlocks
 					passChecked += na.Scrub.PassChecked
@@ -286,8 +288,9 @@ func printStatus(w io.Writer, rep statusReport, bars bool) {
 	fmt.Fprintf(w, "under-replicated: %d blocks, %d bytes; lost: %s; waiting for repair delay: %d\n",
 		rep.UnderReplicatedBlocks, rep.UnderReplicatedBytes, lost, rep.Repair.Waiting)
 	fmt.Fprintf(w, "repair: %.1f MiB/s, ETA %s, %d bytes copied so far\n", rep.Repair.RateBytes/(1<<20), eta, rep.Repair.CopiedBytes)
-	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d (%d by scrub passes, %d reported by readers, %d replaced by writes), repaired %d\n",
-		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.ByPass, rep.Scrub.Corrupt-rep.Scrub.ByPass-rep.Scrub.ByWrite, rep.Scrub.ByWrite, rep.Scrub.Repaired)
+	fmt.Fprintf(w, "scrub: pass %d, %.0f%% of the current pass; corrupt copies found %d (%d by scrub passes, %d reported by readers, %d replaced by writes, %d dropped as surplus), repaired %d\n",
+		rep.Scrub.Passes+1, 100*rep.Scrub.Progress, rep.Scrub.Corrupt, rep.Scrub.ByPass, rep.Scrub.Corrupt-rep.Scrub.ByPass-rep.Scrub.ByWrite-rep.Scrub.ByDrop,
+		rep.Scrub.ByWrite, rep.Scrub.ByDrop, rep.Scrub.Repaired)
 	fmt.Fprintf(w, "collect: %d unreferenced copies removed (%d bytes)\n", rep.Collect.Collected, rep.Collect.CollectedBytes)
 	md := rep.Metadata
 	switch {

@@ -105,9 +105,12 @@ func (s *Store) attempt(ctx context.Context, per time.Duration, fn func(ctx cont
 func transient(err error) bool {
 	var ae *apiError
 	if errors.As(err, &ae) {
-		// A resend answered "in process" learns whether its first copy
-		// was stored only once the stream has decided: asked again, the
-		// stream answers duplicate (stored) or takes the resend.
+		// A resend answered "in process" (its first copy is being
+		// stored) learns the outcome only by asking again: once the
+		// first copy is applied the answer is "duplicate" (stored). If
+		// it is never applied, a change of stream leader, or at the
+		// latest the stream's duplicate window, clears the id and the
+		// resend is taken; the commit's deadline bounds the wait.
 		return ae.Code == 503 || ae.ErrCode == errCodeBatchTooInflight || ae.ErrCode == errCodeBatchIncomplete ||
 			ae.ErrCode == errCodeDupInProcess
 	}

@@ -97,14 +97,15 @@ func runBitrot(ctx context.Context, e *Env) error {
 	e.Note("found", st.Scrub.Corrupt)
 	e.Note("found_by_scrub", st.Scrub.ByPass)
 	e.Note("found_by_write", st.Scrub.ByWrite)
+	e.Note("found_by_drop", st.Scrub.ByDrop)
 	e.Note("repaired", st.Scrub.Repaired)
 	if found {
 		heal := time.Since(rotEnd).Seconds()
 		e.mu.Lock()
 		e.result.Heal = heal
 		e.mu.Unlock()
-		e.Logf("%d rotten copies found (%d by scrub passes, %d reported by readers, %d replaced by writes) and %d repaired %.1fs after the rot",
-			st.Scrub.Corrupt, st.Scrub.ByPass, st.Scrub.Corrupt-st.Scrub.ByPass-st.Scrub.ByWrite, st.Scrub.ByWrite, st.Scrub.Repaired, heal)
+		e.Logf("%d rotten copies found (%d by scrub passes, %d reported by readers, %d replaced by writes, %d dropped as surplus) and %d repaired %.1fs after the rot",
+			st.Scrub.Corrupt, st.Scrub.ByPass, st.Scrub.Corrupt-st.Scrub.ByPass-st.Scrub.ByWrite-st.Scrub.ByDrop, st.Scrub.ByWrite, st.Scrub.ByDrop, st.Scrub.Repaired, heal)
 	} else {
 		e.Fail("%v after the rot, %d of %d rotten copies found and %d repaired", e.HealTimeout, st.Scrub.Corrupt, total, st.Scrub.Repaired)
 	}

@@ -29,6 +29,7 @@ type Status struct {
 		Corrupt  int64 `json:"corrupt"`
 		ByPass   int64 `json:"found_by_pass"`
 		ByWrite  int64 `json:"found_by_write"`
+		ByDrop   int64 `json:"found_by_drop"`
 		Repaired int64 `json:"repaired"`
 	} `json:"scrub"`
 	Metadata harness.Metadata `json:"metadata"`
