@@ -127,27 +127,27 @@ func (s *Scrubber) Stats() ScrubStats {
 func (s *Scrubber) Dropped(id persist.BlockID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.resolvedLocked(id, &s.stats.FoundByDrop)
+}
+
+// takeReplacedLocked counts the corrupt copies others' writes replaced.
+func (s *Scrubber) takeReplacedLocked() {
+	for _, id := range s.store.TakeCorruptReplaced() {
+		s.resolvedLocked(id, &s.stats.FoundByWrite)
+	}
+}
+
+// resolvedLocked counts a rotten copy that something other than the
+// scrubber's own repair resolved: as the repair of a copy already counted,
+// else as found (in foundBy too) and repaired.
+func (s *Scrubber) resolvedLocked(id persist.BlockID, foundBy *int64) {
 	if !s.pending[id] {
 		s.stats.Corrupt++
-		s.stats.FoundByDrop++
+		*foundBy++
 	}
 	delete(s.pending, id)
 	delete(s.failed, id)
 	s.stats.Repaired++
-}
-
-// takeReplacedLocked counts the corrupt copies others' writes replaced: as
-// the repair of one already counted, else as found and repaired.
-func (s *Scrubber) takeReplacedLocked() {
-	for _, id := range s.store.TakeCorruptReplaced() {
-		if !s.pending[id] {
-			s.stats.Corrupt++
-			s.stats.FoundByWrite++
-		}
-		delete(s.pending, id)
-		delete(s.failed, id)
-		s.stats.Repaired++
-	}
 }
 
 // Run scrubs pass after pass until ctx ends.

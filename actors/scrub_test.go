@@ -72,21 +72,41 @@ func rotAndReopen(t *testing.T, s *persist.Store, dir string, ids []persist.Bloc
 	return s
 }
 
+// storeWithOneRotten is storeWithBlocks with one of the blocks rotten.
+func storeWithOneRotten(t *testing.T, n, size int) (*persist.Store, map[persist.BlockID][]byte, persist.BlockID) {
+	t.Helper()
+	dir := t.TempDir()
+	s, blocks := storeWithBlocks(t, dir, n, size)
+	var bad persist.BlockID
+	for id := range blocks {
+		bad = id
+		break
+	}
+	return rotAndReopen(t, s, dir, []persist.BlockID{bad}), blocks, bad
+}
+
 // scrubOnePass runs sc until it has completed a pass and returns its stats.
 func scrubOnePass(t *testing.T, sc *Scrubber) ScrubStats {
+	t.Helper()
+	return scrubPasses(t, sc, 1)
+}
+
+// scrubPasses runs sc until it has completed n passes and returns its
+// stats.
+func scrubPasses(t *testing.T, sc *Scrubber, n int64) ScrubStats {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- sc.Run(ctx) }()
 	deadline := time.Now().Add(20 * time.Second)
-	for sc.Stats().Passes < 1 && time.Now().Before(deadline) {
+	for sc.Stats().Passes < n && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	cancel()
 	<-done
 	st := sc.Stats()
-	if st.Passes < 1 {
-		t.Fatalf("no full pass within 20s: %+v", st)
+	if st.Passes < n {
+		t.Fatalf("%d full passes within 20s, want %d: %+v", st.Passes, n, st)
 	}
 	return st
 }
@@ -161,14 +181,7 @@ func TestScrubChecksReportedBlockAtOnce(t *testing.T) {
 }
 
 func scrubChecksReportedBlockAtOnce(t *testing.T, rate float64) {
-	dir := t.TempDir()
-	s, blocks := storeWithBlocks(t, dir, 5, 1<<20)
-	var bad persist.BlockID
-	for id := range blocks {
-		bad = id
-		break
-	}
-	s = rotAndReopen(t, s, dir, []persist.BlockID{bad})
+	s, blocks, bad := storeWithOneRotten(t, 5, 1<<20)
 	sc := NewScrubber(s, &goodCopies{blocks: blocks}, ScrubConfig{Period: time.Hour, MaxRate: rate, MinRate: rate}, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -204,13 +217,7 @@ func TestScrubPacesItself(t *testing.T) {
 // TestScrubUnrepairableBlockDoesNotLoop: with no good copy anywhere,
 // repeated reports of the block cost one attempt a minute, not a loop.
 func TestScrubUnrepairableBlockDoesNotLoop(t *testing.T) {
-	dir := t.TempDir()
-	s, blocks := storeWithBlocks(t, dir, 1, 1<<10)
-	var bad persist.BlockID
-	for id := range blocks {
-		bad = id
-	}
-	s = rotAndReopen(t, s, dir, []persist.BlockID{bad})
+	s, _, bad := storeWithOneRotten(t, 1, 1<<10)
 	good := &goodCopies{blocks: map[persist.BlockID][]byte{}} // nobody has it
 	sc := NewScrubber(s, good, ScrubConfig{Period: time.Hour, Pause: time.Hour}, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -256,14 +263,7 @@ func TestScrubCountsRotHealedByAWrite(t *testing.T) {
 		{name: "write after the scrubber failed", noGoodCopy: true, corrupt: 1, byPass: 1, repair: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			s, blocks := storeWithBlocks(t, dir, 4, 32<<10)
-			var rotten persist.BlockID
-			for id := range blocks {
-				rotten = id
-				break
-			}
-			s = rotAndReopen(t, s, dir, []persist.BlockID{rotten})
+			s, blocks, rotten := storeWithOneRotten(t, 4, 32<<10)
 			write := func() {
 				if err := s.Put(context.Background(), rotten, blocks[rotten]); err != nil {
 					t.Error(err)
@@ -300,24 +300,9 @@ func TestScrubCountsRotHealedByAWrite(t *testing.T) {
 // TestScrubCountsAnUnrepairableCopyOnce: a rotten copy nobody can repair is
 // found by every pass, and counted once.
 func TestScrubCountsAnUnrepairableCopyOnce(t *testing.T) {
-	dir := t.TempDir()
-	s, blocks := storeWithBlocks(t, dir, 2, 1<<10)
-	var bad persist.BlockID
-	for id := range blocks {
-		bad = id
-	}
-	s = rotAndReopen(t, s, dir, []persist.BlockID{bad})
+	s, _, _ := storeWithOneRotten(t, 2, 1<<10)
 	sc := NewScrubber(s, &goodCopies{}, ScrubConfig{Period: time.Second, MaxRate: 64 << 20, Pause: time.Millisecond}, quietLog())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- sc.Run(ctx) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for sc.Stats().Passes < 3 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	cancel()
-	<-done
-	if st := sc.Stats(); st.Passes < 3 || st.Corrupt != 1 || st.Repaired != 0 {
-		t.Fatalf("%+v; want 3 passes or more, 1 corrupt, 0 repaired", st)
+	if st := scrubPasses(t, sc, 3); st.Corrupt != 1 || st.Repaired != 0 {
+		t.Fatalf("%+v; want 1 corrupt, 0 repaired", st)
 	}
 }
