@@ -151,7 +151,12 @@ func TestPosixDiffCrash(t *testing.T) {
 	}
 	st := r.CrashStats()
 	if mm != nil {
-		t.Fatalf("seed=%d ops=%d crash_every=250: %s\n(%s)", seed, ops, mm, st)
+		// The mount logs why a call failed (an errno of EIO says little).
+		logTail, _ := os.ReadFile(mnt + ".mount.log")
+		if len(logTail) > 4000 {
+			logTail = logTail[len(logTail)-4000:]
+		}
+		t.Fatalf("seed=%d ops=%d crash_every=250: %s\n(%s)\nthe mount's log since its last start ends:\n%s", seed, ops, mm, st, logTail)
 	}
 	t.Logf("posixdiff crash seed=%d ops=%d mismatches=0 node_kills=%d %s elapsed_s=%.1f",
 		seed, ops, crasher.NodeKills, st, time.Since(start).Seconds())

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Two stores (two mounts) on one bucket, 16 goroutines racing to make the
@@ -282,6 +283,10 @@ func TestTransientErrors(t *testing.T) {
 		{"lost reply", nats.ErrTimeout, true},
 		{"attempt deadline", context.DeadlineExceeded, true},
 		{"reconnecting", nats.ErrConnectionReconnecting, true},
+		{"scan's consumer closed", fmt.Errorf("scan i.: %w", errWatchClosed), true},
+		{"consumer create, JetStream unavailable", fmt.Errorf("watch: %w", &nats.APIError{Code: 503, ErrorCode: 10008}), true},
+		{"jetstream package, no leader", &jetstream.APIError{Code: 503, ErrorCode: 10008}, true},
+		{"consumer create refused", &nats.APIError{Code: 400, ErrorCode: 10012}, false},
 		{"conflict", fmt.Errorf("%w: wrong last sequence", errConflict), false},
 		{"wrong last sequence", &apiError{Code: 400, ErrCode: errCodeWrongLastSeq}, false},
 		{"message too large", &apiError{Code: 400, ErrCode: 10054}, false},

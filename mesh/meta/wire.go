@@ -115,7 +115,24 @@ func transient(err error) bool {
 			ae.ErrCode == errCodeDupInProcess
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionReconnecting)
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.Is(err, errWatchClosed) || unavailable(err)
+}
+
+// unavailable tells whether err is a JetStream API error with status 503
+// as the nats.go client packages report them (making the consumer of a
+// scan, say), rather than as apiError: no leader yet, or JetStream
+// briefly unavailable while a server dies or comes back.
+func unavailable(err error) bool {
+	var legacy nats.JetStreamError
+	if errors.As(err, &legacy) && legacy.APIError() != nil {
+		return legacy.APIError().Code == 503
+	}
+	var js jetstream.JetStreamError
+	if errors.As(err, &js) && js.APIError() != nil {
+		return js.APIError().Code == 503
+	}
+	return false
 }
 
 func jitter(d time.Duration) time.Duration {
@@ -366,6 +383,11 @@ func (s *Store) watchAll(ctx context.Context, filter string, fn func(key string,
 
 var errScanStalled = fmt.Errorf("scan stalled: %w", context.DeadlineExceeded)
 
+// errWatchClosed: the scan's consumer was closed under it (its
+// subscription ended, as when the connection is lost); a new scan may
+// succeed.
+var errWatchClosed = errors.New("watch closed early")
+
 func (s *Store) watchOnce(ctx context.Context, filter string, fn func(key string, val []byte, rev uint64, deleted bool) bool) (uint64, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -395,7 +417,7 @@ func (s *Store) watchOnce(ctx context.Context, filter string, fn func(key string
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
-				return 0, errors.New("watch closed early")
+				return 0, errWatchClosed
 			case e == nil: // the end of the initial values
 				return last, nil
 			}
