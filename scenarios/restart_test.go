@@ -57,6 +57,13 @@ func TestCorruptCopiesAreSkipped(t *testing.T) {
 	if err := m.Restart(ctx, rotten); err != nil {
 		t.Fatal(err)
 	}
+	// Reads ask only members gossip holds alive: until node2 is back in
+	// every view, a mount would read around it and never meet its copies.
+	for wait := time.Now(); status(t, m).state("node2") != "alive"; time.Sleep(250 * time.Millisecond) {
+		if time.Since(wait) > 30*time.Second {
+			t.Fatal("node2 not seen alive 30s after its restart")
+		}
+	}
 	if err := m.Kill(2); err != nil { // node3: only node1's copies are good now
 		t.Fatal(err)
 	}
